@@ -1,0 +1,118 @@
+//! Startup: builds everything from [`Settings`] the same way for production and tests.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Settings, redact_url};
+use crate::events::{self, Waiters};
+use crate::routes::{self, AppState};
+use crate::server::{self, ConnectionLimits};
+use crate::store::{self, Store};
+
+/// Why lockd could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The listen address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The Redis settings are unusable.
+    #[error("invalid Redis settings: {0}")]
+    Store(#[from] store::StoreError),
+}
+
+/// A built, bound, not yet serving lockd.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+    subscriber: JoinHandle<()>,
+}
+
+impl Application {
+    /// Binds the listener, builds the store and starts the event subscriber. Redis need
+    /// not be up: requests answer 503 until it is, and the subscriber keeps retrying.
+    ///
+    /// # Errors
+    /// [`StartupError`] when the address cannot be bound or the Redis URL is invalid.
+    pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        let addr = settings.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr, source })?;
+
+        let store = Store::new(settings)?;
+        let shutdown = CancellationToken::new();
+        let waiters = Waiters::default();
+        let subscriber = tokio::spawn(events::run_subscriber(
+            settings.redis.url.clone(),
+            store::event_channel(&settings.redis.key_prefix),
+            Duration::from_millis(settings.redis.connect_timeout_ms),
+            waiters.clone(),
+            shutdown.clone(),
+        ));
+        let state = AppState {
+            store,
+            waiters,
+            locks: settings.locks.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let router = routes::router(state, settings);
+        tracing::info!(
+            %local_addr,
+            redis = %redact_url(&settings.redis.url),
+            key_prefix = %settings.redis.key_prefix,
+            "lockd ready to serve"
+        );
+        Ok(Self {
+            listener,
+            local_addr,
+            router,
+            limits: ConnectionLimits {
+                header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
+                shutdown_timeout: Duration::from_millis(settings.server.shutdown_timeout_ms),
+            },
+            shutdown,
+            subscriber,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A token that stops the server when cancelled.
+    #[must_use]
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token fires, then drains and returns.
+    pub async fn run_until_stopped(self) {
+        server::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            self.shutdown.clone(),
+        )
+        .await;
+        self.shutdown.cancel();
+        let _ = self.subscriber.await;
+        tracing::info!("lockd stopped");
+    }
+}

@@ -1,0 +1,349 @@
+//! Typed configuration: `config/default.toml` (compiled in), then a file given with
+//! `--config`, then `LOCKD_<SECTION>__<KEY>` environment variables, then CLI flags.
+//!
+//! Loading fails with a message that names the offending key, so a bad deployment stops
+//! at startup instead of misbehaving later.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The defaults, the same text as `config/default.toml` in the repository.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// All of lockd's settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The HTTP side.
+    pub server: ServerSettings,
+    /// The Redis side.
+    pub redis: RedisSettings,
+    /// Lease and wait limits.
+    pub locks: LockSettings,
+    /// The event stream.
+    pub events: EventSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Longest time a request may take (acquires get `locks.max_wait_ms` on top).
+    pub request_timeout_ms: u64,
+    /// Longest time a client may take to send its request headers.
+    pub header_read_timeout_ms: u64,
+    /// Grace period for requests in flight at shutdown.
+    pub shutdown_timeout_ms: u64,
+}
+
+/// `[redis]`.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Connection URL; may carry a password, so `Debug` hides it.
+    pub url: String,
+    /// Prefix of every key and of the event channel.
+    pub key_prefix: String,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Longest time to open a connection.
+    pub connect_timeout_ms: u64,
+    /// Longest time a command may take, pool wait included.
+    pub command_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("command_timeout_ms", &self.command_timeout_ms)
+            .finish()
+    }
+}
+
+/// `[locks]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockSettings {
+    /// Lease length when an acquire names none.
+    pub default_ttl_ms: u64,
+    /// Longest lease.
+    pub max_ttl_ms: u64,
+    /// Longest server-side wait.
+    pub max_wait_ms: u64,
+    /// How long a fencing counter outlives the last lease of its resource.
+    pub fence_retention_ms: u64,
+}
+
+/// `[events]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    /// Approximate length of the replay stream.
+    pub history: u64,
+    /// Keep-alive interval of idle event streams.
+    pub keepalive_ms: u64,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Output format.
+    pub format: LogFormat,
+    /// Tracing filter directive.
+    pub level: String,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings from the command line; each one that is set overrides every other source.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--redis-url`.
+    pub redis_url: Option<String>,
+    /// `--key-prefix`.
+    pub key_prefix: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<String>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--config` file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A value has the wrong type, or a key is unknown.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A value is out of its range.
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid {
+        /// The dotted key, like `locks.max_ttl_ms`.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl Settings {
+    /// Loads the layered configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key when a file is unreadable, a value has the wrong
+    /// type, a key is unknown, or a value is out of range.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        figment = figment.merge(Env::prefixed("LOCKD_").split("__"));
+        let cli = [
+            ("server.listen", &overrides.listen),
+            ("redis.url", &overrides.redis_url),
+            ("redis.key_prefix", &overrides.key_prefix),
+            ("log.format", &overrides.log_format),
+        ];
+        for (key, value) in cli {
+            if let Some(value) = value {
+                figment = figment.merge(Serialized::default(key, value));
+            }
+        }
+        let settings: Self = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The compiled-in defaults, as a starting point for tests and tools.
+    ///
+    /// # Panics
+    /// Never: the defaults are checked by a unit test.
+    #[must_use]
+    pub fn defaults() -> Self {
+        let settings: Self = Figment::from(Toml::string(DEFAULT_TOML))
+            .extract()
+            .expect("config/default.toml is valid");
+        settings
+    }
+
+    /// Checks ranges and relations that types cannot express.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                message: message.into(),
+            }
+        }
+        fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+            Ok(())
+        }
+        positive("server.request_timeout_ms", self.server.request_timeout_ms)?;
+        positive(
+            "server.header_read_timeout_ms",
+            self.server.header_read_timeout_ms,
+        )?;
+        positive("redis.connect_timeout_ms", self.redis.connect_timeout_ms)?;
+        positive("redis.command_timeout_ms", self.redis.command_timeout_ms)?;
+        positive("locks.default_ttl_ms", self.locks.default_ttl_ms)?;
+        positive("events.history", self.events.history)?;
+        positive("events.keepalive_ms", self.events.keepalive_ms)?;
+
+        let url = &self.redis.url;
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("redis+unix://")
+            || url.starts_with("unix://"))
+        {
+            return Err(invalid(
+                "redis.url",
+                "must start with redis://, rediss://, redis+unix:// or unix://",
+            ));
+        }
+        let prefix = &self.redis.key_prefix;
+        if prefix.is_empty() || prefix.len() > 64 {
+            return Err(invalid("redis.key_prefix", "must be 1 to 64 bytes long"));
+        }
+        if prefix.contains(['{', '}']) || prefix.chars().any(char::is_control) {
+            return Err(invalid(
+                "redis.key_prefix",
+                "must not contain '{', '}' (lockd places its own hash tag) or control characters",
+            ));
+        }
+        if !(1..=1024).contains(&self.redis.pool_size) {
+            return Err(invalid("redis.pool_size", "must be between 1 and 1024"));
+        }
+        // A year: leases are meant to be short, and expiry times must stay far below 2^53.
+        const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+        if !(1..=YEAR_MS).contains(&self.locks.max_ttl_ms) {
+            return Err(invalid(
+                "locks.max_ttl_ms",
+                format!("must be between 1 and {YEAR_MS}"),
+            ));
+        }
+        if self.locks.default_ttl_ms > self.locks.max_ttl_ms {
+            return Err(invalid(
+                "locks.default_ttl_ms",
+                format!(
+                    "must not exceed locks.max_ttl_ms ({})",
+                    self.locks.max_ttl_ms
+                ),
+            ));
+        }
+        if self.locks.max_wait_ms > 3_600_000 {
+            return Err(invalid(
+                "locks.max_wait_ms",
+                "must be at most 3600000 (an hour)",
+            ));
+        }
+        if self.locks.fence_retention_ms > YEAR_MS {
+            return Err(invalid(
+                "locks.fence_retention_ms",
+                format!("must be at most {YEAR_MS}"),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl ServerSettings {
+    /// `request_timeout_ms` as a duration.
+    #[must_use]
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// The URL with any password replaced, for logs.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split_once(':').map_or("", |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let settings = Settings::defaults();
+        settings.validate().unwrap();
+        assert_eq!(settings.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(settings.redis.key_prefix, "lockd:");
+        assert_eq!(settings.locks.default_ttl_ms, 30_000);
+        assert_eq!(settings.locks.max_ttl_ms, 3_600_000);
+        assert_eq!(settings.locks.max_wait_ms, 60_000);
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut settings = Settings::defaults();
+        settings.locks.default_ttl_ms = settings.locks.max_ttl_ms + 1;
+        let message = settings.validate().unwrap_err().to_string();
+        assert!(message.contains("locks.default_ttl_ms"), "{message}");
+
+        let mut settings = Settings::defaults();
+        settings.redis.key_prefix = "a{b}".into();
+        let message = settings.validate().unwrap_err().to_string();
+        assert!(message.contains("redis.key_prefix"), "{message}");
+    }
+
+    #[test]
+    fn passwords_stay_out_of_debug_output() {
+        let mut settings = Settings::defaults();
+        settings.redis.url = "redis://lockd:s3cret@redis.internal:6379/0".into();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("lockd:***@redis.internal:6379/0"), "{shown}");
+    }
+}

@@ -1,0 +1,110 @@
+//! The `lockd` binary: parse the command line, load config, serve until a signal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lockd::config::Overrides;
+use lockd::{Application, Settings};
+
+/// A distributed lock service over HTTP, on Redis.
+#[derive(Debug, Parser)]
+#[command(name = "lockd", version, about)]
+struct Cli {
+    /// A TOML file whose settings override the defaults (see config/default.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on (server.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Redis URL (redis.url).
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key (redis.key_prefix).
+    #[arg(long, value_name = "PREFIX")]
+    key_prefix: Option<String>,
+    /// Log format, text or json (log.format).
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the OpenAPI document and exit.
+    Openapi,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Openapi) = cli.command {
+        print!("{}", lockd::openapi::document_json());
+        return ExitCode::SUCCESS;
+    }
+    let overrides = Overrides {
+        listen: cli.listen,
+        redis_url: cli.redis_url,
+        key_prefix: cli.key_prefix,
+        log_format: cli.log_format,
+    };
+    let settings = match Settings::load(cli.config.as_deref(), &overrides) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("lockd: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    lockd::telemetry::init(&settings.log);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("lockd: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let app = match Application::build(&settings).await {
+            Ok(app) => app,
+            Err(error) => {
+                tracing::error!(%error, "startup failed");
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = app.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received");
+            shutdown.cancel();
+        });
+        app.run_until_stopped().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops lockd");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

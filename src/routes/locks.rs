@@ -1,0 +1,439 @@
+//! `/locks/{resource_id}`: acquire, release, refresh and status.
+//!
+//! Handlers parse input into domain types, call the store, and map outcomes to HTTP.
+//! Waiting for a busy lock (`wait_ms`) is event-driven: the request registers with the
+//! process's [`Waiters`](crate::events::Waiters) and sleeps until a `resource.unlocked`
+//! event for its resource, the end of the current lease, or its deadline.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::extract::{ApiJson, LOCK_TOKEN, LockTokenHeader, OptionalApiJson, ResourcePath};
+use crate::domain::{AgentId, LockToken, ResourceId};
+use crate::error::{ApiError, Problem};
+use crate::store::{Acquired, Lease, Owned};
+use crate::time::UnixMillis;
+
+/// Body of `POST /locks/{resource_id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"agent_id": "agent-feature-dev", "ttl_ms": 30000, "wait_ms": 5000}))]
+pub struct AcquireRequest {
+    /// Who is acquiring: 1 to 128 bytes, no control characters.
+    pub agent_id: String,
+    /// Lease length in ms, 1 to `locks.max_ttl_ms`; default `locks.default_ttl_ms`.
+    #[schema(minimum = 1)]
+    pub ttl_ms: Option<u64>,
+    /// How long the server may wait for a busy lock, 0 to `locks.max_wait_ms`; default 0.
+    #[schema(minimum = 0)]
+    pub wait_ms: Option<u64>,
+}
+
+/// Body of `PATCH /locks/{resource_id}` (the whole body is optional).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"ttl_ms": 60000}))]
+pub struct RefreshRequest {
+    /// New lease length in ms from now; default: the lease's original length.
+    #[schema(minimum = 1)]
+    pub ttl_ms: Option<u64>,
+}
+
+/// A granted lease, as acquire and refresh return it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "resource_id": "file:src/main.py",
+    "agent_id": "agent-feature-dev",
+    "token": "6f1c1d1e-8a43-4d5f-9a8e-0c2b5d4e7f10",
+    "fencing_token": 1764164400123456u64,
+    "ttl_ms": 30000,
+    "acquired_at": "2026-11-26T13:40:00.123Z",
+    "expires_at": "2026-11-26T13:40:30.123Z"
+}))]
+pub struct LockGrant {
+    /// The locked resource.
+    pub resource_id: String,
+    /// The holder.
+    pub agent_id: String,
+    /// The secret that releases and refreshes this lease. Treat it as an opaque string.
+    pub token: String,
+    /// Strictly greater than every fencing token issued earlier for this resource:
+    /// pass it to the protected storage, which rejects older ones.
+    pub fencing_token: u64,
+    /// Lease length in ms set by this request.
+    pub ttl_ms: u64,
+    /// When the lock was acquired (Redis's clock).
+    #[schema(value_type = String, format = DateTime)]
+    pub acquired_at: UnixMillis,
+    /// When the lease ends unless refreshed (Redis's clock).
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: UnixMillis,
+}
+
+impl LockGrant {
+    fn new(resource_id: &ResourceId, token: &LockToken, lease: Lease) -> Self {
+        Self {
+            resource_id: resource_id.to_string(),
+            agent_id: lease.agent_id,
+            token: token.to_string(),
+            fencing_token: lease.fencing_token,
+            ttl_ms: lease.ttl_ms,
+            acquired_at: lease.acquired_at,
+            expires_at: lease.expires_at,
+        }
+    }
+}
+
+/// Who holds a lock, if anyone. The token is never shown.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "resource_id": "file:src/main.py",
+    "locked": true,
+    "agent_id": "agent-feature-dev",
+    "fencing_token": 1764164400123456u64,
+    "acquired_at": "2026-11-26T13:40:00.123Z",
+    "expires_at": "2026-11-26T13:40:30.123Z",
+    "ttl_remaining_ms": 29417
+}))]
+pub struct LockStatus {
+    /// The resource.
+    pub resource_id: String,
+    /// Whether an unexpired lease holds it.
+    pub locked: bool,
+    /// The holder (when locked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The holder's fencing token (when locked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<u64>,
+    /// When the lock was acquired (when locked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub acquired_at: Option<UnixMillis>,
+    /// When the lease ends (when locked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<UnixMillis>,
+    /// Milliseconds left on the lease (when locked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_remaining_ms: Option<u64>,
+}
+
+/// The resource id path parameter, for the OpenAPI document.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[expect(dead_code, reason = "describes the path parameter for OpenAPI only")]
+pub struct ResourceIdParam {
+    /// The resource: 1 to 512 bytes of UTF-8 without control characters. Slashes may be
+    /// sent raw or as `%2F`; both name the same resource.
+    #[param(example = "file:src/main.py")]
+    resource_id: String,
+}
+
+/// The `Lock-Token` request header, for the OpenAPI document.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "describes the header for OpenAPI only")]
+pub struct LockTokenParam {
+    /// The `token` that acquire returned.
+    #[param(
+        rename = "Lock-Token",
+        example = "6f1c1d1e-8a43-4d5f-9a8e-0c2b5d4e7f10"
+    )]
+    lock_token: String,
+}
+
+/// Acquire a lock.
+///
+/// Grants the lock on `resource_id` to `agent_id` for `ttl_ms`, or answers 409 when it
+/// is held. With `wait_ms`, the server waits up to that long for the lock to be released
+/// or to expire. The response carries the lock `token` (also in the `Lock-Token` header)
+/// and a `fencing_token` that is greater than every earlier one for this resource.
+/// A 5xx or a broken connection means the outcome is unknown: the lock may have been
+/// granted, and then it runs out with its lease.
+#[utoipa::path(
+    post,
+    path = "/locks/{resource_id}",
+    tag = "locks",
+    params(ResourceIdParam),
+    request_body(content = AcquireRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Acquired", body = LockGrant, headers(
+            ("Location" = String, description = "The lock's URL"),
+            ("Lock-Token" = String, description = "The lock token, as in the body"),
+        )),
+        (status = 400, description = "Invalid resource id or malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Held by someone else after `wait_ms`", body = Problem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u64, description = "Whole seconds until the current lease ends"),
+        )),
+        (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong types, unknown fields or out-of-range values", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable or server shutting down; outcome unknown", body = Problem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u64, description = "Seconds to wait before retrying"),
+        )),
+    )
+)]
+pub async fn acquire_lock(
+    State(state): State<AppState>,
+    ResourcePath(resource_id): ResourcePath,
+    ApiJson(request): ApiJson<AcquireRequest>,
+) -> Result<(StatusCode, HeaderMap, Json<LockGrant>), ApiError> {
+    let limits = &state.locks;
+    let agent = AgentId::parse(request.agent_id).map_err(ApiError::InvalidAgentId)?;
+    let ttl_ms = request.ttl_ms.unwrap_or(limits.default_ttl_ms);
+    if !(1..=limits.max_ttl_ms).contains(&ttl_ms) {
+        return Err(ApiError::InvalidTtl {
+            got: ttl_ms,
+            max: limits.max_ttl_ms,
+        });
+    }
+    let wait_ms = request.wait_ms.unwrap_or(0);
+    if wait_ms > limits.max_wait_ms {
+        return Err(ApiError::InvalidWait {
+            got: wait_ms,
+            max: limits.max_wait_ms,
+        });
+    }
+
+    let token = LockToken::generate();
+    let lease = if wait_ms == 0 {
+        match state
+            .store
+            .acquire(&resource_id, &agent, &token, ttl_ms)
+            .await?
+        {
+            Acquired::Granted(lease) => lease,
+            Acquired::Held(holder) => {
+                return Err(ApiError::LockHeld {
+                    resource_id: resource_id.to_string(),
+                    holder,
+                });
+            }
+        }
+    } else {
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
+        acquire_waiting(&state, &resource_id, &agent, &token, ttl_ms, deadline).await?
+    };
+
+    let mut headers = HeaderMap::new();
+    headers.insert(header::LOCATION, lock_location(&resource_id));
+    headers.insert(
+        HeaderName::from_static(LOCK_TOKEN),
+        HeaderValue::try_from(token.to_string()).map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
+    let grant = LockGrant::new(&resource_id, &token, lease);
+    Ok((StatusCode::CREATED, headers, Json(grant)))
+}
+
+/// Tries to acquire until `deadline`, sleeping between attempts until the lock is
+/// released (an event wakes us), its lease ends (a timer), or the deadline passes.
+/// If the client goes away, hyper drops this future and the wait ends with it: no
+/// attempt is made after that, so a gone client acquires nothing.
+async fn acquire_waiting(
+    state: &AppState,
+    resource_id: &ResourceId,
+    agent: &AgentId,
+    token: &LockToken,
+    ttl_ms: u64,
+    deadline: Instant,
+) -> Result<Lease, ApiError> {
+    let registration = state.waiters.register(resource_id.as_str());
+    loop {
+        // Enabled before the attempt, so a release between the attempt and the sleep
+        // still wakes us.
+        let released = registration.notify().notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+
+        let holder = match state
+            .store
+            .acquire(resource_id, agent, token, ttl_ms)
+            .await?
+        {
+            Acquired::Granted(lease) => return Ok(lease),
+            Acquired::Held(holder) => holder,
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(ApiError::LockHeld {
+                resource_id: resource_id.to_string(),
+                holder,
+            });
+        }
+        // At least a millisecond, so a lease ending right now cannot make us spin.
+        let lease_end = now + Duration::from_millis(holder.remaining_ms.max(1));
+        tokio::select! {
+            () = &mut released => {}
+            () = tokio::time::sleep_until(lease_end.min(deadline)) => {}
+            () = state.shutdown.cancelled() => return Err(ApiError::ShuttingDown),
+        }
+    }
+}
+
+/// Release a lock.
+///
+/// Ends the lease held under the `Lock-Token` header and emits `resource.unlocked`.
+/// Only the holder's token works; nothing changes otherwise.
+#[utoipa::path(
+    delete,
+    path = "/locks/{resource_id}",
+    tag = "locks",
+    params(ResourceIdParam, LockTokenParam),
+    responses(
+        (status = 204, description = "Released"),
+        (status = 400, description = "Invalid resource id, missing or malformed Lock-Token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Nothing holds the lock", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Held under another token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; outcome unknown", body = Problem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u64, description = "Seconds to wait before retrying"),
+        )),
+    )
+)]
+pub async fn release_lock(
+    State(state): State<AppState>,
+    ResourcePath(resource_id): ResourcePath,
+    LockTokenHeader(token): LockTokenHeader,
+) -> Result<StatusCode, ApiError> {
+    match state.store.release(&resource_id, &token).await? {
+        Owned::Done(()) => Ok(StatusCode::NO_CONTENT),
+        Owned::NotFound => Err(ApiError::LockNotFound(resource_id.to_string())),
+        Owned::NotOwner(holder) => Err(ApiError::NotLockOwner {
+            resource_id: resource_id.to_string(),
+            holder,
+        }),
+    }
+}
+
+/// Refresh a lock.
+///
+/// Sets the lease held under the `Lock-Token` header to end `ttl_ms` from now (default:
+/// the lease's original length) and emits `resource.refreshed`. The body is optional.
+/// A lease that has already run out is never revived (404).
+#[utoipa::path(
+    patch,
+    path = "/locks/{resource_id}",
+    tag = "locks",
+    params(ResourceIdParam, LockTokenParam),
+    request_body(content = Option<RefreshRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Refreshed", body = LockGrant),
+        (status = 400, description = "Invalid resource id, Lock-Token or JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Nothing holds the lock", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Held under another token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong types, unknown fields or out-of-range values", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; outcome unknown", body = Problem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u64, description = "Seconds to wait before retrying"),
+        )),
+    )
+)]
+pub async fn refresh_lock(
+    State(state): State<AppState>,
+    ResourcePath(resource_id): ResourcePath,
+    LockTokenHeader(token): LockTokenHeader,
+    OptionalApiJson(request): OptionalApiJson<RefreshRequest>,
+) -> Result<Json<LockGrant>, ApiError> {
+    let ttl_ms = request.and_then(|r| r.ttl_ms);
+    if let Some(ttl_ms) = ttl_ms {
+        let max = state.locks.max_ttl_ms;
+        if !(1..=max).contains(&ttl_ms) {
+            return Err(ApiError::InvalidTtl { got: ttl_ms, max });
+        }
+    }
+    match state.store.refresh(&resource_id, &token, ttl_ms).await? {
+        Owned::Done(lease) => Ok(Json(LockGrant::new(&resource_id, &token, lease))),
+        Owned::NotFound => Err(ApiError::LockNotFound(resource_id.to_string())),
+        Owned::NotOwner(holder) => Err(ApiError::NotLockOwner {
+            resource_id: resource_id.to_string(),
+            holder,
+        }),
+    }
+}
+
+/// Get a lock's status.
+///
+/// Always 200: whether the resource is locked and, if so, by whom and until when.
+/// The token is never shown. `HEAD` answers the same without a body.
+#[utoipa::path(
+    get,
+    path = "/locks/{resource_id}",
+    tag = "locks",
+    params(ResourceIdParam),
+    responses(
+        (status = 200, description = "The lock's status", body = LockStatus),
+        (status = 400, description = "Invalid resource id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u64, description = "Seconds to wait before retrying"),
+        )),
+    )
+)]
+pub async fn get_lock(
+    State(state): State<AppState>,
+    ResourcePath(resource_id): ResourcePath,
+) -> Result<Json<LockStatus>, ApiError> {
+    let held = state.store.status(&resource_id).await?;
+    let resource_id = resource_id.to_string();
+    Ok(Json(match held {
+        None => LockStatus {
+            resource_id,
+            locked: false,
+            agent_id: None,
+            fencing_token: None,
+            acquired_at: None,
+            expires_at: None,
+            ttl_remaining_ms: None,
+        },
+        Some(held) => LockStatus {
+            resource_id,
+            locked: true,
+            agent_id: Some(held.agent_id),
+            fencing_token: Some(held.fencing_token),
+            acquired_at: Some(held.acquired_at),
+            expires_at: Some(held.expires_at),
+            ttl_remaining_ms: Some(held.remaining_ms),
+        },
+    }))
+}
+
+/// `/locks/` with nothing after it names no resource.
+pub async fn empty_resource_id() -> ApiError {
+    ApiError::InvalidResourceId("the resource id after /locks/ must not be empty".into())
+}
+
+/// `/locks/{resource_id}` with the id percent-encoded where a path needs it; `/` and
+/// `:` stay as they are, so the URL reads like the id.
+fn lock_location(resource_id: &ResourceId) -> HeaderValue {
+    let mut location = String::from("/locks/");
+    for byte in resource_id.as_str().bytes() {
+        let keep = byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&byte);
+        if keep {
+            location.push(char::from(byte));
+        } else {
+            location.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    // Only visible ASCII remains, which is always a valid header value.
+    HeaderValue::try_from(location).unwrap_or_else(|_| HeaderValue::from_static("/locks/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_encodes_what_a_path_cannot_hold() {
+        let id = ResourceId::parse("file:src/main.py".into()).unwrap();
+        assert_eq!(lock_location(&id), "/locks/file:src/main.py");
+        let id = ResourceId::parse("a b?c#d%e/ü".into()).unwrap();
+        assert_eq!(lock_location(&id), "/locks/a%20b%3Fc%23d%25e/%C3%BC");
+    }
+}

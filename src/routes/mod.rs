@@ -1,0 +1,146 @@
+//! The HTTP surface: every route in one place, then the middleware stack in one order.
+
+mod extract;
+pub mod health;
+pub mod locks;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::config::{LockSettings, Settings};
+use crate::error::ApiError;
+use crate::events::Waiters;
+use crate::store::Store;
+
+pub use extract::LOCK_TOKEN;
+
+/// Largest request body accepted, in bytes.
+pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The lock store.
+    pub store: Store,
+    /// Local waiters of busy locks.
+    pub waiters: Waiters,
+    /// Lease and wait limits.
+    pub locks: LockSettings,
+    /// Fires at shutdown; long waits end with it.
+    pub shutdown: CancellationToken,
+}
+
+/// How long requests may take.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    request: Duration,
+    acquire: Duration,
+}
+
+/// Builds the application: routes, fallbacks and middleware.
+pub fn router(state: AppState, settings: &Settings) -> Router {
+    let timeouts = Timeouts {
+        request: settings.server.request_timeout(),
+        acquire: settings.server.request_timeout()
+            + Duration::from_millis(settings.locks.max_wait_ms),
+    };
+    let openapi_json = crate::openapi::document_json();
+
+    let routes = Router::new()
+        .route(
+            "/locks/{*resource_id}",
+            post(locks::acquire_lock)
+                .delete(locks::release_lock)
+                .patch(locks::refresh_lock)
+                .get(locks::get_lock),
+        )
+        .route("/locks/", any(locks::empty_resource_id))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route(
+            "/openapi.json",
+            get(
+                move || async move { ([(header::CONTENT_TYPE, "application/json")], openapi_json) },
+            ),
+        )
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+
+    // Outermost first: every request gets an id before it is traced, and every response,
+    // even one from a panic or a timeout, carries that id back.
+    routes.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|request: &Request| {
+                        let request_id = request
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        tracing::info_span!(
+                            "request",
+                            method = %request.method(),
+                            path = %request.uri().path(),
+                            request_id,
+                        )
+                    })
+                    .on_response(DefaultOnResponse::new().level(Level::INFO)),
+            )
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(CatchPanicLayer::custom(panic_response))
+            .layer(middleware::from_fn_with_state(timeouts, request_timeout))
+            .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES)),
+    )
+}
+
+/// Bounds every request's time. Acquires get `locks.max_wait_ms` on top, since waiting
+/// for the lock is part of their job.
+async fn request_timeout(
+    State(timeouts): State<Timeouts>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limit = if request.method() == Method::POST && request.uri().path().starts_with("/locks/") {
+        timeouts.acquire
+    } else {
+        timeouts.request
+    };
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::RequestTimeout(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX))
+            .into_response(),
+    }
+}
+
+async fn route_not_found(request: Request) -> ApiError {
+    ApiError::RouteNotFound(request.uri().path().to_owned())
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::MethodNotAllowed(request.method().to_string())
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    // The panic message went to the log through the panic hook; the client learns nothing
+    // of internals.
+    let mut response = ApiError::Internal("handler panicked".into()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,43 @@
+-- acquire: grant the lock when nobody holds it.
+--
+-- KEYS[1]  lock hash of the resource (its lease is the key's expiry)
+-- KEYS[2]  fencing counter of the resource
+-- KEYS[3]  event stream
+-- ARGV[1]  SHA-256 of the lock token (the raw token never reaches Redis)
+-- ARGV[2]  agent id
+-- ARGV[3]  lease length in ms
+-- ARGV[4]  resource id
+-- ARGV[5]  event channel
+-- ARGV[6]  approximate stream length to keep
+-- ARGV[7]  how long the fencing counter outlives the lease, in ms
+--
+-- Returns {1, fencing_token, acquired_at_ms, expires_at_ms, event_id} when granted,
+--         {0, holder_agent_id, expires_at_ms, remaining_ms} when the lock is held.
+--
+-- Atomic because the check, the grant, the fence and the event are one script: no other
+-- command runs in between, so two callers can never both see the lock free.
+-- The fence is max(previous + 1, Redis time in microseconds): it keeps increasing when
+-- Redis loses its last writes or the counter key, as long as Redis's clock moves on.
+
+local now_ms, now_us = clock()
+
+local held = redis.call('HMGET', KEYS[1], 'agent', 'expires')
+if held[1] then
+  local expires = tonumber(held[2])
+  return {0, held[1], expires, math.max(expires - now_ms, 0)}
+end
+
+local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+local fence = math.max(previous + 1, now_us)
+local expires = now_ms + tonumber(ARGV[3])
+
+redis.call('HSET', KEYS[1],
+  'token', ARGV[1], 'agent', ARGV[2], 'fence', int(fence), 'ttl', ARGV[3],
+  'acquired', int(now_ms), 'expires', int(expires))
+redis.call('PEXPIREAT', KEYS[1], int(expires))
+redis.call('SET', KEYS[2], int(fence), 'PX', int(tonumber(ARGV[3]) + tonumber(ARGV[7])))
+
+local id = emit(KEYS[3], ARGV[5], ARGV[6],
+  event_body('resource.locked', ARGV[4], ARGV[2], fence, now_ms, 'expires_at', rfc3339(expires)))
+
+return {1, fence, now_ms, expires, id}

@@ -1,0 +1,31 @@
+-- release: end the caller's lease now.
+--
+-- KEYS[1]  lock hash of the resource
+-- KEYS[2]  event stream
+-- ARGV[1]  SHA-256 of the caller's lock token
+-- ARGV[2]  resource id
+-- ARGV[3]  event channel
+-- ARGV[4]  approximate stream length to keep
+--
+-- Returns {1, event_id} when released,
+--         {-1} when nothing holds the lock,
+--         {-2, holder_agent_id, expires_at_ms} when another token holds it.
+--
+-- The fencing counter stays: the next holder's fence must still be greater.
+
+local now_ms = clock()
+
+local lock = redis.call('HMGET', KEYS[1], 'token', 'agent', 'fence', 'expires')
+if not lock[1] then
+  return {-1}
+end
+if lock[1] ~= ARGV[1] then
+  return {-2, lock[2], tonumber(lock[4])}
+end
+
+redis.call('DEL', KEYS[1])
+
+local id = emit(KEYS[2], ARGV[3], ARGV[4],
+  event_body('resource.unlocked', ARGV[2], lock[2], tonumber(lock[3]), now_ms, 'reason', 'released'))
+
+return {1, id}
