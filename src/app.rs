@@ -37,6 +37,7 @@ pub struct Application {
     limits: ConnectionLimits,
     shutdown: CancellationToken,
     subscriber: JoinHandle<()>,
+    waiters: Waiters,
 }
 
 impl Application {
@@ -66,7 +67,7 @@ impl Application {
         ));
         let state = AppState {
             store,
-            waiters,
+            waiters: waiters.clone(),
             locks: settings.locks.clone(),
             shutdown: shutdown.clone(),
         };
@@ -87,6 +88,7 @@ impl Application {
             },
             shutdown,
             subscriber,
+            waiters,
         })
     }
 
@@ -100,6 +102,12 @@ impl Application {
     #[must_use]
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// The registry of requests waiting for busy locks in this process.
+    #[must_use]
+    pub fn waiters(&self) -> Waiters {
+        self.waiters.clone()
     }
 
     /// Serves until the shutdown token fires, then drains and returns.

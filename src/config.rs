@@ -163,11 +163,12 @@ impl Settings {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            // Figment skips a missing file silently; a file the operator named must exist.
+            std::fs::File::open(path).map_err(|source| ConfigError::Read {
                 path: path.display().to_string(),
                 source,
             })?;
-            figment = figment.merge(Toml::string(&text));
+            figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Env::prefixed("LOCKD_").split("__"));
         let cli = [
@@ -181,9 +182,7 @@ impl Settings {
                 figment = figment.merge(Serialized::default(key, value));
             }
         }
-        let settings: Self = figment
-            .extract()
-            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let settings: Self = figment.extract().map_err(describe)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -292,6 +291,24 @@ impl ServerSettings {
     #[must_use]
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Names the key in the dotted form that the file uses, and where the value came from.
+fn describe(error: figment::Error) -> ConfigError {
+    let key = error.path.join(".").to_lowercase();
+    let source = error
+        .metadata
+        .as_ref()
+        .map(|metadata| match &metadata.source {
+            Some(source) => format!(" (from {source})"),
+            None => format!(" (from {})", metadata.name),
+        })
+        .unwrap_or_default();
+    if key.is_empty() {
+        ConfigError::Parse(format!("{}{source}", error.kind))
+    } else {
+        ConfigError::Parse(format!("{key}: {}{source}", error.kind))
     }
 }
 

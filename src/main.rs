@@ -34,13 +34,14 @@ struct Cli {
 enum Command {
     /// Print the OpenAPI document and exit.
     Openapi,
+    /// Print the effective configuration as JSON (passwords hidden) and exit.
+    Config,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Openapi) = cli.command {
-        print!("{}", lockd::openapi::document_json());
-        return ExitCode::SUCCESS;
+        return print_out(&lockd::openapi::document_json());
     }
     let overrides = Overrides {
         listen: cli.listen,
@@ -55,6 +56,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Config) = cli.command {
+        let mut shown = settings;
+        shown.redis.url = lockd::config::redact_url(&shown.redis.url);
+        return match serde_json::to_string_pretty(&shown) {
+            Ok(json) => print_out(&format!("{json}\n")),
+            Err(error) => {
+                eprintln!("lockd: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     lockd::telemetry::init(&settings.log);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -84,6 +96,23 @@ fn main() -> ExitCode {
         app.run_until_stopped().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Writes to stdout without panicking when the reader has gone (`lockd openapi | head`).
+fn print_out(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("lockd: cannot write to stdout: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -46,6 +46,9 @@ pub async fn run_subscriber(
             () = shutdown.cancelled() => return,
             outcome = attempt => outcome,
         };
+        if shutdown.is_cancelled() {
+            return;
+        }
         match subscribed {
             Ok(()) => {
                 tracing::warn!("event subscription lost; reconnecting");

@@ -1,0 +1,395 @@
+//! The test harness: real `redis-server` processes on free ports, killed on drop, and
+//! lockd apps on port 0, each with its own key prefix.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, AsyncCommands};
+use lockd::events::Waiters;
+use lockd::{Application, Settings};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `condition` every 10 ms for up to `limit`; panics with `what` if it never holds.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A `redis-server` owned by one test: started on a free port, killed on drop.
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server that keeps nothing on disk.
+    pub async fn start() -> Self {
+        Self::start_with(&["--save", "", "--appendonly", "no"]).await
+    }
+
+    /// Starts a server with extra `redis-server` arguments.
+    pub async fn start_with(args: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("lockd-test-redis-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let mut server = Self {
+            port: 0,
+            dir,
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
+            child: None,
+        };
+        // Another process may take the port between our probe and Redis's bind: retry.
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.spawn().await {
+                return server;
+            }
+        }
+        panic!("redis-server did not start (is it on PATH?)");
+    }
+
+    async fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--daemonize", "no", "--dir"])
+            .arg(&self.dir)
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (is it on PATH?)");
+        self.child = Some(child);
+        for _ in 0..300 {
+            if let Some(child) = self.child.as_mut()
+                && child.try_wait().ok().flatten().is_some()
+            {
+                self.child = None;
+                return false;
+            }
+            if ping(self.port).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.kill();
+        false
+    }
+
+    /// `redis://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis is running").id()
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, with the same data directory.
+    pub async fn restart(&mut self) {
+        self.kill();
+        for _ in 0..50 {
+            if self.spawn().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server did not restart on port {}", self.port);
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        signal(self.pid(), "-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.pid(), "-CONT");
+    }
+
+    /// A connection for inspecting what lockd wrote.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("a redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a redis connection")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused server ignores SIGKILL until thawed on some kernels' accounting;
+            // thaw first so that it really goes.
+            signal(child.id(), "-CONT");
+        }
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends a signal with kill(1), so the tests need no libc bindings.
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {sig} {pid} failed");
+}
+
+async fn ping(port: u16) -> bool {
+    let Ok(Ok(mut stream)) = tokio::time::timeout(
+        Duration::from_millis(200),
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    else {
+        return false;
+    };
+    if stream.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(200), stream.read_exact(&mut reply)).await,
+        Ok(Ok(_)) if &reply == b"+PONG\r\n"
+    )
+}
+
+/// Settings for a test app on `redis`: port 0, a fresh key prefix, short timeouts.
+pub fn test_settings(redis: &RedisServer) -> Settings {
+    let mut settings = Settings::defaults();
+    settings.server.listen = "127.0.0.1:0".parse().expect("an address");
+    settings.server.shutdown_timeout_ms = 2000;
+    settings.redis.url = redis.url();
+    settings.redis.key_prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+    settings.redis.connect_timeout_ms = 300;
+    settings.redis.command_timeout_ms = 500;
+    settings
+}
+
+/// A lockd app serving on a loopback port, stopped on drop.
+pub struct TestApp {
+    /// `http://127.0.0.1:{port}`.
+    pub base: String,
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// A client with keep-alive, as SDKs use.
+    pub client: reqwest::Client,
+    /// The settings the app runs with.
+    pub settings: Settings,
+    /// The app's waiters, to await "the request is waiting" without sleeping.
+    pub waiters: Waiters,
+    shutdown: CancellationToken,
+}
+
+impl TestApp {
+    /// Starts an app on `redis` with the test defaults.
+    pub async fn spawn(redis: &RedisServer) -> Self {
+        Self::spawn_with(test_settings(redis)).await
+    }
+
+    /// Starts an app with the given settings.
+    pub async fn spawn_with(settings: Settings) -> Self {
+        let app = Application::build(&settings).await.expect("lockd starts");
+        let addr = app.local_addr();
+        let shutdown = app.shutdown_token();
+        let waiters = app.waiters();
+        tokio::spawn(app.run_until_stopped());
+        Self {
+            base: format!("http://{addr}"),
+            addr,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("a client"),
+            settings,
+            waiters,
+            shutdown,
+        }
+    }
+
+    /// The URL of a resource's lock.
+    pub fn lock_url(&self, resource: &str) -> String {
+        format!("{}/locks/{resource}", self.base)
+    }
+
+    /// `POST /locks/{resource}` with a JSON body.
+    pub async fn acquire(&self, resource: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.lock_url(resource))
+            .json(&body)
+            .send()
+            .await
+            .expect("acquire answers")
+    }
+
+    /// Acquires and asserts 201; returns the body.
+    pub async fn acquire_ok(&self, resource: &str, agent: &str, ttl_ms: u64) -> Value {
+        let response = self
+            .acquire(resource, json!({"agent_id": agent, "ttl_ms": ttl_ms}))
+            .await;
+        assert_eq!(
+            response.status(),
+            201,
+            "acquire of {resource} was not granted"
+        );
+        response.json().await.expect("a JSON grant")
+    }
+
+    /// `DELETE /locks/{resource}` with a token.
+    pub async fn release(&self, resource: &str, token: &str) -> reqwest::Response {
+        self.client
+            .delete(self.lock_url(resource))
+            .header("Lock-Token", token)
+            .send()
+            .await
+            .expect("release answers")
+    }
+
+    /// `PATCH /locks/{resource}` with a token and an optional JSON body.
+    pub async fn refresh(
+        &self,
+        resource: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .patch(self.lock_url(resource))
+            .header("Lock-Token", token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("refresh answers")
+    }
+
+    /// `GET /locks/{resource}`, asserting 200; returns the body.
+    pub async fn status(&self, resource: &str) -> Value {
+        let response = self
+            .client
+            .get(self.lock_url(resource))
+            .send()
+            .await
+            .expect("status answers");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("a JSON status")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Asserts a problem document: status, content type and `code`; returns the body.
+pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status, "status for {code}");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        content_type, "application/problem+json",
+        "content type for {code}"
+    );
+    let body: Value = response.json().await.expect("a JSON problem");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert!(
+        body["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    assert_eq!(body["type"], format!("urn:lockd:problem:{code}"), "{body}");
+    body
+}
+
+/// Every key under `prefix`, with its whole content, as one string (for "is this secret
+/// anywhere in Redis?" checks).
+pub async fn dump_keys(redis: &RedisServer, prefix: &str) -> String {
+    let mut conn = redis.connection().await;
+    let keys: Vec<String> = conn.keys(format!("{prefix}*")).await.expect("KEYS");
+    let mut dump = String::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("TYPE");
+        let content: redis::Value = match kind.as_str() {
+            "hash" => redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await,
+            "string" => redis::cmd("GET").arg(&key).query_async(&mut conn).await,
+            "stream" => {
+                redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut conn)
+                    .await
+            }
+            other => panic!("unexpected key type {other} for {key}"),
+        }
+        .expect("read key");
+        dump.push_str(&format!("{key} => {content:?}\n"));
+    }
+    dump
+}
+
+/// All events in the app's stream, oldest first, as JSON documents with their ids.
+pub async fn stream_events(redis: &RedisServer, app: &TestApp) -> Vec<Value> {
+    let mut conn = redis.connection().await;
+    let key = format!("{}{{0}}:events", app.settings.redis.key_prefix);
+    let entries: redis::streams::StreamRangeReply = conn.xrange_all(key).await.expect("XRANGE");
+    entries
+        .ids
+        .into_iter()
+        .map(|entry| {
+            let body: String = entry.get("event").expect("an event field");
+            let mut event: Value = serde_json::from_str(&body).expect("event JSON");
+            event["id"] = Value::String(entry.id);
+            event
+        })
+        .collect()
+}

@@ -1,0 +1,10 @@
+//! Integration tests: lockd over real sockets against real `redis-server` processes.
+
+mod helpers;
+
+mod errors;
+mod events;
+mod faults;
+mod locks;
+mod operations;
+mod waiting;

@@ -1,0 +1,320 @@
+//! Probes, the binary's configuration and signals, timeouts, and the OpenAPI snapshot.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{
+    RedisServer, TestApp, assert_problem, eventually, free_port, signal, test_settings,
+};
+
+const LOCKD: &str = env!("CARGO_BIN_EXE_lockd");
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_when_redis_is_up() {
+    let redis = RedisServer::start().await;
+    let app = TestApp::spawn(&redis).await;
+    let live: Value = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(live, json!({"status": "ok"}));
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(
+        ready.json::<Value>().await.unwrap(),
+        json!({"status": "ready"})
+    );
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let redis = RedisServer::start().await;
+    let app = TestApp::spawn(&redis).await;
+    let response = app
+        .client
+        .get(format!("{}/nowhere", app.base))
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    let given = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "trace-me-42");
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_by_the_header_read_timeout() {
+    let redis = RedisServer::start().await;
+    let mut settings = test_settings(&redis);
+    settings.server.header_read_timeout_ms = 200;
+    let app = TestApp::spawn_with(settings).await;
+
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buffer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
+
+    assert!(read.is_ok(), "the server closed the connection");
+    let text = String::from_utf8_lossy(&buffer);
+    assert!(!text.contains("200 OK"), "{text}");
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_gets_408_after_the_request_timeout() {
+    let redis = RedisServer::start().await;
+    let mut settings = test_settings(&redis);
+    settings.server.request_timeout_ms = 300;
+    settings.locks.max_wait_ms = 0;
+    let app = TestApp::spawn_with(settings).await;
+
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"POST /locks/r HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"agent_id\"")
+        .await
+        .unwrap();
+    let mut buffer = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+        .await
+        .expect("an answer before the test's own timeout")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buffer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.contains("application/problem+json") && text.contains("request_timeout"),
+        "{text}"
+    );
+    assert_eq!(app.status("r").await["locked"], false);
+}
+
+#[tokio::test]
+async fn the_committed_openapi_document_matches_the_code() {
+    let generated = lockd::openapi::document_json();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "openapi/openapi.json is out of date; regenerate it with:\n\n    \
+         cargo run -- openapi > openapi/openapi.json\n"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served() {
+    let redis = RedisServer::start().await;
+    let app = TestApp::spawn(&redis).await;
+    let response = app
+        .client
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let served: Value = response.json().await.unwrap();
+    let generated: Value = serde_json::from_str(&lockd::openapi::document_json()).unwrap();
+    assert_eq!(served, generated);
+    for operation in ["acquire_lock", "release_lock", "refresh_lock", "get_lock"] {
+        assert!(
+            generated
+                .to_string()
+                .contains(&format!("\"operationId\":\"{operation}\"")),
+            "{operation}"
+        );
+    }
+}
+
+/// Runs `lockd` with arguments and environment; returns (exit code, stdout, stderr).
+fn run_lockd(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(LOCKD);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("lockd runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn configuration_layers_file_then_environment_then_flags() {
+    let dir = std::env::temp_dir().join(format!("lockd-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lockd.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:1111\"\n[redis]\nkey_prefix = \"file:\"\npool_size = 3\n\
+         [locks]\nmax_wait_ms = 1234\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+
+    let (code, out, err) = run_lockd(
+        &["--config", file, "--listen", "127.0.0.1:3333", "config"],
+        &[
+            ("LOCKD_SERVER__LISTEN", "127.0.0.1:2222"),
+            ("LOCKD_REDIS__KEY_PREFIX", "env:"),
+            (
+                "LOCKD_REDIS__URL",
+                "redis://user:hunter2@redis.internal:6380/1",
+            ),
+        ],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    assert_eq!(code, 0, "{err}");
+    let effective: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(effective["server"]["listen"], "127.0.0.1:3333", "flags win");
+    assert_eq!(
+        effective["redis"]["key_prefix"], "env:",
+        "environment beats the file"
+    );
+    assert_eq!(
+        effective["redis"]["pool_size"], 3,
+        "the file beats the defaults"
+    );
+    assert_eq!(effective["locks"]["max_wait_ms"], 1234);
+    assert_eq!(
+        effective["locks"]["default_ttl_ms"], 30_000,
+        "defaults fill the rest"
+    );
+    assert_eq!(
+        effective["redis"]["url"],
+        "redis://user:***@redis.internal:6380/1"
+    );
+    assert!(!out.contains("hunter2"));
+}
+
+#[test]
+fn a_bad_setting_stops_startup_with_a_message_naming_the_key() {
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (&[("LOCKD_LOCKS__MAX_TTL_MS", "soon")], "locks.max_ttl_ms"),
+        (
+            &[("LOCKD_LOCKS__DEFAULT_TTL_MS", "0")],
+            "locks.default_ttl_ms",
+        ),
+        (&[("LOCKD_REDIS__URL", "http://nope")], "redis.url"),
+        (&[("LOCKD_SERVER__LISTEN", "everywhere")], "server.listen"),
+        (&[("LOCKD_REDIS__POOL_SIZ", "3")], "pool_siz"),
+    ];
+    for (env, key) in cases {
+        let (code, _, err) = run_lockd(&[], env);
+        assert_eq!(code, 2, "{env:?}: {err}");
+        assert!(err.contains(key), "{env:?} should name {key}: {err}");
+    }
+    let (code, _, err) = run_lockd(&["--config", "/nonexistent/lockd.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/lockd.toml"), "{err}");
+}
+
+#[tokio::test]
+async fn sigterm_ends_waits_with_503_and_exits_0() {
+    let redis = RedisServer::start().await;
+    let port = free_port();
+    let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+    let mut child = tokio::process::Command::new(LOCKD)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis-url",
+            &redis.url(),
+            "--key-prefix",
+            &prefix,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(10), "lockd to listen", || {
+        let (client, base) = (&client, &base);
+        async move {
+            client
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    let holder = client
+        .post(format!("{base}/locks/r"))
+        .json(&json!({"agent_id": "agent-a", "ttl_ms": 60_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(holder.status(), 201);
+    let waiter = {
+        let (client, url) = (client.clone(), format!("{base}/locks/r"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"agent_id": "agent-b", "wait_ms": 30_000}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // The waiter has made its first attempt once Redis has run the acquire script twice.
+    let conn = redis.connection().await;
+    eventually(Duration::from_secs(5), "the waiter's first attempt", || {
+        let mut conn = conn.clone();
+        async move {
+            let info: String = deadpool_redis::redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            info.lines()
+                .find(|line| line.starts_with("cmdstat_evalsha:"))
+                .and_then(|line| line.split("calls=").nth(1))
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|calls| calls.parse::<u32>().ok())
+                .is_some_and(|calls| calls >= 2)
+        }
+    })
+    .await;
+
+    signal(child.id().unwrap(), "-TERM");
+
+    let response = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_problem(response, 503, "shutting_down").await;
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "lockd exited with {status}");
+}
