@@ -8,7 +8,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, redact_url};
-use crate::events::{self, Waiters};
+use crate::events::subscriber::SubscriberConfig;
+use crate::events::{self, Hub, Waiters};
 use crate::routes::{self, AppState};
 use crate::server::{self, ConnectionLimits};
 use crate::store::{self, Store};
@@ -37,7 +38,9 @@ pub struct Application {
     limits: ConnectionLimits,
     shutdown: CancellationToken,
     subscriber: JoinHandle<()>,
+    reaper: JoinHandle<()>,
     waiters: Waiters,
+    hub: Hub,
 }
 
 impl Application {
@@ -58,17 +61,25 @@ impl Application {
         let store = Store::new(settings)?;
         let shutdown = CancellationToken::new();
         let waiters = Waiters::default();
+        let hub = Hub::default();
         let subscriber = tokio::spawn(events::run_subscriber(
-            settings.redis.url.clone(),
-            store::event_channel(&settings.redis.key_prefix),
-            Duration::from_millis(settings.redis.connect_timeout_ms),
+            SubscriberConfig {
+                url: settings.redis.url.clone(),
+                channel: store::event_channel(&settings.redis.key_prefix),
+                connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
+            },
+            store.clone(),
             waiters.clone(),
+            hub.clone(),
             shutdown.clone(),
         ));
+        let reaper = tokio::spawn(events::reaper::run(store.clone(), shutdown.clone()));
         let state = AppState {
             store,
             waiters: waiters.clone(),
+            hub: hub.clone(),
             locks: settings.locks.clone(),
+            events: settings.events.clone(),
             shutdown: shutdown.clone(),
         };
         let router = routes::router(state, settings);
@@ -88,7 +99,9 @@ impl Application {
             },
             shutdown,
             subscriber,
+            reaper,
             waiters,
+            hub,
         })
     }
 
@@ -110,6 +123,12 @@ impl Application {
         self.waiters.clone()
     }
 
+    /// The registry of event-stream clients in this process.
+    #[must_use]
+    pub fn hub(&self) -> Hub {
+        self.hub.clone()
+    }
+
     /// Serves until the shutdown token fires, then drains and returns.
     pub async fn run_until_stopped(self) {
         server::serve(
@@ -121,6 +140,7 @@ impl Application {
         .await;
         self.shutdown.cancel();
         let _ = self.subscriber.await;
+        let _ = self.reaper.await;
         tracing::info!("lockd stopped");
     }
 }

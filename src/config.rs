@@ -50,8 +50,10 @@ pub struct ServerSettings {
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     /// Connection URL; may carry a password, so `Debug` hides it.
+    #[serde(deserialize_with = "text")]
     pub url: String,
     /// Prefix of every key and of the event channel.
+    #[serde(deserialize_with = "text")]
     pub key_prefix: String,
     /// Connections in the pool.
     pub pool_size: usize,
@@ -95,6 +97,10 @@ pub struct EventSettings {
     pub history: u64,
     /// Keep-alive interval of idle event streams.
     pub keepalive_ms: u64,
+    /// The SSE `retry:` value sent to clients.
+    pub retry_ms: u64,
+    /// Events a client may fall behind by before it is disconnected.
+    pub client_buffer: usize,
 }
 
 /// `[log]`.
@@ -104,11 +110,12 @@ pub struct LogSettings {
     /// Output format.
     pub format: LogFormat,
     /// Tracing filter directive.
+    #[serde(deserialize_with = "text")]
     pub level: String,
 }
 
 /// How log lines look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -121,13 +128,13 @@ pub enum LogFormat {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     /// `--listen`.
-    pub listen: Option<String>,
+    pub listen: Option<SocketAddr>,
     /// `--redis-url`.
     pub redis_url: Option<String>,
     /// `--key-prefix`.
     pub key_prefix: Option<String>,
     /// `--log-format`.
-    pub log_format: Option<String>,
+    pub log_format: Option<LogFormat>,
 }
 
 /// Why the configuration could not be loaded.
@@ -171,16 +178,18 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Env::prefixed("LOCKD_").split("__"));
-        let cli = [
-            ("server.listen", &overrides.listen),
-            ("redis.url", &overrides.redis_url),
-            ("redis.key_prefix", &overrides.key_prefix),
-            ("log.format", &overrides.log_format),
-        ];
-        for (key, value) in cli {
-            if let Some(value) = value {
-                figment = figment.merge(Serialized::default(key, value));
-            }
+        // Flags arrive typed (clap checked them), so they cannot fail here.
+        if let Some(listen) = overrides.listen {
+            figment = figment.merge(Serialized::default("server.listen", listen));
+        }
+        if let Some(url) = &overrides.redis_url {
+            figment = figment.merge(Serialized::default("redis.url", url));
+        }
+        if let Some(prefix) = &overrides.key_prefix {
+            figment = figment.merge(Serialized::default("redis.key_prefix", prefix));
+        }
+        if let Some(format) = overrides.log_format {
+            figment = figment.merge(Serialized::default("log.format", format));
         }
         let settings: Self = figment.extract().map_err(describe)?;
         settings.validate()?;
@@ -226,16 +235,29 @@ impl Settings {
         positive("locks.default_ttl_ms", self.locks.default_ttl_ms)?;
         positive("events.history", self.events.history)?;
         positive("events.keepalive_ms", self.events.keepalive_ms)?;
+        positive("events.retry_ms", self.events.retry_ms)?;
+        if !(1..=1_000_000).contains(&self.events.client_buffer) {
+            return Err(invalid(
+                "events.client_buffer",
+                "must be between 1 and 1000000",
+            ));
+        }
 
         let url = &self.redis.url;
+        if url.starts_with("rediss://") {
+            return Err(invalid(
+                "redis.url",
+                "TLS (rediss://) is not supported by this build; reach Redis over a trusted \
+                 network or a TLS-terminating sidecar",
+            ));
+        }
         if !(url.starts_with("redis://")
-            || url.starts_with("rediss://")
             || url.starts_with("redis+unix://")
             || url.starts_with("unix://"))
         {
             return Err(invalid(
                 "redis.url",
-                "must start with redis://, rediss://, redis+unix:// or unix://",
+                "must start with redis://, redis+unix:// or unix://",
             ));
         }
         let prefix = &self.redis.key_prefix;
@@ -292,6 +314,34 @@ impl ServerSettings {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
+}
+
+/// A string setting. Environment variables carry no types, so figment reads
+/// `LOCKD_REDIS__KEY_PREFIX=123` as a number; for a string setting it is the text.
+fn text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    deserializer.deserialize_any(Text)
 }
 
 /// Names the key in the dotted form that the file uses, and where the value came from.

@@ -76,6 +76,9 @@ pub enum ApiError {
     /// 400 `invalid_query`.
     #[error("{0}")]
     InvalidQuery(String),
+    /// 400 `invalid_last_event_id`.
+    #[error("{0}")]
+    InvalidLastEventId(String),
     /// 404 `lock_not_found`.
     #[error("nothing holds the lock on {0} (it expired or was never taken)")]
     LockNotFound(String),
@@ -154,6 +157,7 @@ impl ApiError {
             E::InvalidLockToken(_) => (StatusCode::BAD_REQUEST, "invalid_lock_token"),
             E::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             E::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            E::InvalidLastEventId(_) => (StatusCode::BAD_REQUEST, "invalid_last_event_id"),
             E::LockNotFound(_) => (StatusCode::NOT_FOUND, "lock_not_found"),
             E::RouteNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             E::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -182,6 +186,7 @@ impl ApiError {
             E::InvalidLockToken(_) => "Invalid Lock-Token header",
             E::MalformedJson(_) => "Malformed JSON body",
             E::InvalidQuery(_) => "Invalid query string",
+            E::InvalidLastEventId(_) => "Invalid Last-Event-ID header",
             E::LockNotFound(_) => "Lock not found",
             E::RouteNotFound(_) => "Not found",
             E::MethodNotAllowed(_) => "Method not allowed",

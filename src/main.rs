@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lockd::config::Overrides;
+use std::net::SocketAddr;
+
+use lockd::config::{LogFormat, Overrides};
 use lockd::{Application, Settings};
 
 /// A distributed lock service over HTTP, on Redis.
@@ -16,16 +18,16 @@ struct Cli {
     config: Option<PathBuf>,
     /// Address to listen on (server.listen).
     #[arg(long, value_name = "ADDR")]
-    listen: Option<String>,
+    listen: Option<SocketAddr>,
     /// Redis URL (redis.url).
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
     /// Prefix of every Redis key (redis.key_prefix).
     #[arg(long, value_name = "PREFIX")]
     key_prefix: Option<String>,
-    /// Log format, text or json (log.format).
-    #[arg(long, value_name = "FORMAT")]
-    log_format: Option<String>,
+    /// Log format (log.format).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }

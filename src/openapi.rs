@@ -6,7 +6,7 @@
 use utoipa::OpenApi;
 
 use crate::error::Problem;
-use crate::routes::{health, locks};
+use crate::routes::{events, health, locks};
 
 /// The whole API.
 #[derive(OpenApi)]
@@ -23,6 +23,8 @@ use crate::routes::{health, locks};
         locks::release_lock,
         locks::refresh_lock,
         locks::get_lock,
+        locks::list_locks,
+        events::stream_events,
         health::healthz,
         health::readyz,
     ),
@@ -31,11 +33,15 @@ use crate::routes::{health, locks};
         locks::RefreshRequest,
         locks::LockGrant,
         locks::LockStatus,
+        locks::LockList,
+        events::LockEvent,
+        events::StreamGap,
         health::Health,
         Problem,
     )),
     tags(
         (name = "locks", description = "Acquire, release, refresh and inspect locks"),
+        (name = "events", description = "Lock events as Server-Sent Events"),
         (name = "operations", description = "Probes for orchestrators"),
     )
 )]

@@ -11,6 +11,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Closes the HTTP connection of the request that carries it, whatever the connection
+/// is doing: used to cut off an event-stream client that stopped reading, which a
+/// response body alone cannot do (hyper stops polling a body whose socket is full).
+#[derive(Debug, Clone)]
+pub struct ConnectionCloser(pub CancellationToken);
 
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy)]
@@ -51,12 +58,28 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let closer = CancellationToken::new();
+        let service = TowerToHyperService::new(app.clone().map_request({
+            let closer = closer.clone();
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(ConnectionCloser(closer.clone()));
+                request
+            }
+        }));
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                }
+                () = closer.cancelled() => {
+                    tracing::debug!(%peer, "connection closed by the server");
+                }
             }
         });
     }

@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -18,7 +19,7 @@ use super::AppState;
 use super::extract::{ApiJson, LOCK_TOKEN, LockTokenHeader, OptionalApiJson, ResourcePath};
 use crate::domain::{AgentId, LockToken, ResourceId};
 use crate::error::{ApiError, Problem};
-use crate::store::{Acquired, Lease, Owned};
+use crate::store::{Acquired, Held, Lease, Owned};
 use crate::time::UnixMillis;
 
 /// Body of `POST /locks/{resource_id}`.
@@ -125,6 +126,48 @@ pub struct LockStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl_remaining_ms: Option<u64>,
 }
+
+impl LockStatus {
+    fn held(resource_id: String, held: Held) -> Self {
+        Self {
+            resource_id,
+            locked: true,
+            agent_id: Some(held.agent_id),
+            fencing_token: Some(held.fencing_token),
+            acquired_at: Some(held.acquired_at),
+            expires_at: Some(held.expires_at),
+            ttl_remaining_ms: Some(held.remaining_ms),
+        }
+    }
+}
+
+/// Query of `GET /locks`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only locks whose resource id starts with this.
+    #[param(example = "file:src/")]
+    pub prefix: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of held locks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LockList {
+    /// Locks held now, in resource-id byte order.
+    pub locks: Vec<LockStatus>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Default and largest page of `GET /locks`.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
 
 /// The resource id path parameter, for the OpenAPI document.
 #[derive(IntoParams)]
@@ -392,16 +435,82 @@ pub async fn get_lock(
             expires_at: None,
             ttl_remaining_ms: None,
         },
-        Some(held) => LockStatus {
-            resource_id,
-            locked: true,
-            agent_id: Some(held.agent_id),
-            fencing_token: Some(held.fencing_token),
-            acquired_at: Some(held.acquired_at),
-            expires_at: Some(held.expires_at),
-            ttl_remaining_ms: Some(held.remaining_ms),
-        },
+        Some(held) => LockStatus::held(resource_id, held),
     }))
+}
+
+/// List held locks.
+///
+/// The locks held now, in resource-id byte order, optionally only those whose id starts
+/// with `prefix`, a page at a time. Served from lockd's lease index, never by scanning
+/// the Redis keyspace.
+#[utoipa::path(
+    get,
+    path = "/locks",
+    tag = "locks",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of held locks", body = LockList),
+        (status = 400, description = "A malformed or out-of-range query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u64, description = "Seconds to wait before retrying"),
+        )),
+    )
+)]
+pub async fn list_locks(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<LockList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::InvalidQuery(format!(
+            "limit must be between 1 and {MAX_PAGE} (got {limit})"
+        )));
+    }
+    let prefix = query.prefix.unwrap_or_default();
+    if !prefix.is_empty() {
+        ResourceId::parse(prefix.clone())
+            .map_err(|e| ApiError::InvalidQuery(format!("prefix: {e}")))?;
+    }
+    let after = query
+        .cursor
+        .filter(|cursor| !cursor.is_empty())
+        .map(|cursor| decode_cursor(&cursor))
+        .transpose()?;
+    let page = state
+        .store
+        .list(&prefix, after.as_deref(), limit as usize)
+        .await?;
+    Ok(Json(LockList {
+        locks: page
+            .locks
+            .into_iter()
+            .map(|(resource_id, held)| LockStatus::held(resource_id, held))
+            .collect(),
+        next_cursor: page.next_after.as_deref().map(encode_cursor),
+    }))
+}
+
+/// Cursors are the last resource id of a page, hex-encoded: opaque to clients, safe in
+/// a query string, and checkable.
+fn encode_cursor(after: &str) -> String {
+    after.bytes().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    let invalid = || ApiError::InvalidQuery("cursor is not one that GET /locks returned".into());
+    if !cursor.len().is_multiple_of(2) || cursor.len() > 2 * crate::domain::MAX_RESOURCE_ID_BYTES {
+        return Err(invalid());
+    }
+    let bytes = (0..cursor.len())
+        .step_by(2)
+        .map(|at| {
+            u8::from_str_radix(cursor.get(at..at + 2).ok_or_else(invalid)?, 16)
+                .map_err(|_| invalid())
+        })
+        .collect::<Result<Vec<u8>, _>>()?;
+    String::from_utf8(bytes).map_err(|_| invalid())
 }
 
 /// `/locks/` with nothing after it names no resource.
@@ -428,6 +537,16 @@ fn lock_location(resource_id: &ResourceId) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_forgeries() {
+        for id in ["a", "file:src/main.py", "ü/ファイル"] {
+            assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
+        }
+        for bad in ["a", "zz", "ff", "0", "c3"] {
+            assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn location_encodes_what_a_path_cannot_hold() {

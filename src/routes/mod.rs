@@ -1,5 +1,6 @@
 //! The HTTP surface: every route in one place, then the middleware stack in one order.
 
+pub mod events;
 mod extract;
 pub mod health;
 pub mod locks;
@@ -16,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::config::{LockSettings, Settings};
+use crate::config::{EventSettings, LockSettings, Settings};
 use crate::error::ApiError;
-use crate::events::Waiters;
+use crate::events::{Hub, Waiters};
 use crate::store::Store;
 
 pub use extract::LOCK_TOKEN;
@@ -36,8 +37,12 @@ pub struct AppState {
     pub store: Store,
     /// Local waiters of busy locks.
     pub waiters: Waiters,
+    /// The SSE clients.
+    pub hub: Hub,
     /// Lease and wait limits.
     pub locks: LockSettings,
+    /// Event stream settings.
+    pub events: EventSettings,
     /// Fires at shutdown; long waits end with it.
     pub shutdown: CancellationToken,
 }
@@ -66,7 +71,9 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
                 .patch(locks::refresh_lock)
                 .get(locks::get_lock),
         )
+        .route("/locks", get(locks::list_locks))
         .route("/locks/", any(locks::empty_resource_id))
+        .route("/events", get(events::stream_events))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route(
@@ -99,7 +106,10 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
                             request_id,
                         )
                     })
-                    .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                    .on_response(DefaultOnResponse::new().level(Level::INFO))
+                    // Every response is logged above with its status, and server-side
+                    // causes where they arise; a second line per 5xx would only be noise.
+                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(CatchPanicLayer::custom(panic_response))

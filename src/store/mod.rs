@@ -14,6 +14,9 @@
 //! | `{prefix}{0}:lock:{resource_id}` | hash | the lease: token digest, agent, fence, times; expires with the lease |
 //! | `{prefix}{0}:fence:{resource_id}` | string | the last fencing token issued |
 //! | `{prefix}{0}:events` | stream | the event history, capped at `events.history` |
+//! | `{prefix}{0}:expiry` | sorted set | held resource ids by lease end: what the reaper announces |
+//! | `{prefix}{0}:held` | sorted set | held resource ids in byte order: what listing pages through |
+//! | `{prefix}{0}:leases` | hash | per held resource: fence, times, agent (for expiry events and listing) |
 //!
 //! Events are also published on the channel `{prefix}events`.
 
@@ -25,6 +28,7 @@ use deadpool_redis::{Pool, Runtime};
 use crate::config::{RedisSettings, Settings};
 use crate::domain::{AgentId, LockToken, ResourceId};
 use crate::error::Holder;
+use crate::events::EventId;
 use crate::time::UnixMillis;
 
 /// Why Redis could not serve a request. Every variant means "unknown outcome" for a
@@ -95,12 +99,41 @@ pub struct Held {
     pub remaining_ms: u64,
 }
 
+/// A page of held locks.
+#[derive(Debug)]
+pub struct Page {
+    /// The locks, in resource-id byte order.
+    pub locks: Vec<(String, Held)>,
+    /// The resource id to continue after, when more may follow.
+    pub next_after: Option<String>,
+}
+
+/// An event as the stream keeps it.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Its stream entry id.
+    pub id: EventId,
+    /// The event's JSON document without its `id` member.
+    pub body: String,
+}
+
+/// What the stream still holds, for deciding whether a resume has a gap.
+#[derive(Debug, Clone, Copy)]
+pub struct LogBounds {
+    /// The oldest event kept, if any.
+    pub first: Option<EventId>,
+    /// The newest event ever trimmed away (`0-0` when none was).
+    pub max_deleted: EventId,
+}
+
 /// The scripts, each compiled with the shared prelude; their SHA is computed once.
 struct Scripts {
     acquire: Script,
     refresh: Script,
     release: Script,
     status: Script,
+    reap: Script,
+    list: Script,
 }
 
 impl Scripts {
@@ -112,6 +145,8 @@ impl Scripts {
             refresh: with_prelude(include_str!("scripts/refresh.lua")),
             release: with_prelude(include_str!("scripts/release.lua")),
             status: with_prelude(include_str!("scripts/status.lua")),
+            reap: with_prelude(include_str!("scripts/reap.lua")),
+            list: with_prelude(include_str!("scripts/list.lua")),
         }
     }
 }
@@ -128,6 +163,9 @@ struct Inner {
     /// `{prefix}{0}:` — every key starts with it.
     key_base: String,
     stream_key: String,
+    expiry_key: String,
+    held_key: String,
+    leases_key: String,
     channel: String,
     history: String,
     fence_retention_ms: String,
@@ -148,6 +186,9 @@ impl Store {
                 pool,
                 scripts: Scripts::new(),
                 stream_key: format!("{key_base}events"),
+                expiry_key: format!("{key_base}expiry"),
+                held_key: format!("{key_base}held"),
+                leases_key: format!("{key_base}leases"),
                 key_base,
                 channel: event_channel(&redis.key_prefix),
                 history: settings.events.history.to_string(),
@@ -165,22 +206,43 @@ impl Store {
         format!("{}fence:{id}", self.inner.key_base)
     }
 
-    /// Runs a script invocation within the command timeout (pool wait included).
-    async fn run(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
-        let inner = &self.inner;
-        let work = async {
-            let mut conn = inner
-                .pool
-                .get()
-                .await
-                .map_err(|e| StoreError::Pool(e.to_string()))?;
-            // A dropped future is safe here: the multiplexed connection matches replies
-            // to requests by order, so a late reply is discarded, not misattributed.
-            Ok(invocation.invoke_async::<Value>(&mut conn).await?)
-        };
-        tokio::time::timeout(inner.command_timeout, work)
+    /// Bounds `work` by the command timeout, so a frozen Redis costs a request no more.
+    async fn timed<T>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let limit = self.inner.command_timeout;
+        tokio::time::timeout(limit, work)
             .await
-            .map_err(|_| StoreError::Timeout(inner.command_timeout))?
+            .map_err(|_| StoreError::Timeout(limit))?
+    }
+
+    async fn connection(&self) -> Result<deadpool_redis::Connection, StoreError> {
+        self.inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(e.to_string()))
+    }
+
+    /// Runs a script (EVALSHA, loading it on NOSCRIPT) within the command timeout, pool
+    /// wait included. Dropping the future midway is safe: the multiplexed connection
+    /// matches replies to requests by order, so a late reply is discarded.
+    async fn run(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        self.timed(async {
+            let mut conn = self.connection().await?;
+            Ok(invocation.invoke_async::<Value>(&mut conn).await?)
+        })
+        .await
+    }
+
+    /// Runs a plain command within the command timeout.
+    async fn query<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Result<T, StoreError> {
+        self.timed(async {
+            let mut conn = self.connection().await?;
+            Ok(command.query_async::<T>(&mut conn).await?)
+        })
+        .await
     }
 
     /// Grants the lock to `token`'s holder unless someone holds it.
@@ -200,6 +262,9 @@ impl Store {
             .key(self.lock_key(id))
             .key(self.fence_key(id))
             .key(&inner.stream_key)
+            .key(&inner.expiry_key)
+            .key(&inner.held_key)
+            .key(&inner.leases_key)
             .arg(token.digest())
             .arg(agent.as_str())
             .arg(ttl_ms)
@@ -241,6 +306,9 @@ impl Store {
             .key(self.lock_key(id))
             .key(self.fence_key(id))
             .key(&inner.stream_key)
+            .key(&inner.expiry_key)
+            .key(&inner.held_key)
+            .key(&inner.leases_key)
             .arg(token.digest())
             .arg(ttl_ms.map(|ms| ms.to_string()).unwrap_or_default())
             .arg(id.as_str())
@@ -273,6 +341,9 @@ impl Store {
         invocation
             .key(self.lock_key(id))
             .key(&inner.stream_key)
+            .key(&inner.expiry_key)
+            .key(&inner.held_key)
+            .key(&inner.leases_key)
             .arg(token.digest())
             .arg(id.as_str())
             .arg(&inner.channel)
@@ -301,25 +372,177 @@ impl Store {
         }))
     }
 
+    /// Announces up to `batch` leases that have run out, each exactly once across all
+    /// instances. Returns how many it announced and the time until the next lease ends.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis is unreachable.
+    pub async fn reap(&self, batch: usize) -> Result<(u64, Option<Duration>), StoreError> {
+        let inner = &self.inner;
+        let mut invocation = inner.scripts.reap.prepare_invoke();
+        invocation
+            .key(&inner.expiry_key)
+            .key(&inner.held_key)
+            .key(&inner.leases_key)
+            .key(&inner.stream_key)
+            .arg(&inner.channel)
+            .arg(&inner.history)
+            .arg(batch);
+        let reply = Reply::new(self.run(invocation).await?)?;
+        let next = u64::try_from(reply.int(1)?).ok().map(Duration::from_millis);
+        Ok((reply.uint(0)?, next))
+    }
+
+    /// A page of the locks held now whose ids start with `prefix`, after `after`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis is unreachable.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let inner = &self.inner;
+        // Bytewise comparison, as the sorted set orders: continue after the cursor only
+        // when it lies past the start of the prefix's range.
+        let min = match after {
+            Some(after) if after.as_bytes() >= prefix.as_bytes() => {
+                [b"(".as_slice(), after.as_bytes()].concat()
+            }
+            _ => [b"[".as_slice(), prefix.as_bytes()].concat(),
+        };
+        let max = if prefix.is_empty() {
+            b"+".to_vec()
+        } else {
+            [b"(".as_slice(), prefix.as_bytes(), &[0xff]].concat()
+        };
+        let mut invocation = inner.scripts.list.prepare_invoke();
+        invocation
+            .key(&inner.held_key)
+            .key(&inner.leases_key)
+            .arg(min)
+            .arg(max)
+            .arg(limit);
+        let reply = Reply::new(self.run(invocation).await?)?;
+        let cursor = reply.string(0)?;
+        let mut locks = Vec::new();
+        let mut at = 1;
+        while at + 5 < reply.0.len() {
+            locks.push((
+                reply.string(at)?,
+                Held {
+                    agent_id: reply.string(at + 1)?,
+                    fencing_token: reply.uint(at + 2)?,
+                    acquired_at: UnixMillis(reply.int(at + 3)?),
+                    expires_at: UnixMillis(reply.int(at + 4)?),
+                    remaining_ms: reply.uint(at + 5)?,
+                },
+            ));
+            at += 6;
+        }
+        Ok(Page {
+            locks,
+            next_after: (!cursor.is_empty()).then_some(cursor),
+        })
+    }
+
+    /// Up to `count` events after `after`, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis is unreachable.
+    pub async fn events_after(
+        &self,
+        after: EventId,
+        count: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let inner = &self.inner;
+        let command = redis::cmd("XRANGE")
+            .arg(&inner.stream_key)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .to_owned();
+        let reply: redis::streams::StreamRangeReply = self.query(command).await?;
+        reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let id = entry
+                    .id
+                    .parse()
+                    .map_err(|e: String| StoreError::Protocol(e))?;
+                let body: String = entry.get("event").ok_or_else(|| {
+                    StoreError::Protocol(format!("stream entry {id} has no event"))
+                })?;
+                Ok(StoredEvent { id, body })
+            })
+            .collect()
+    }
+
+    /// The bounds of the event history that the stream still holds.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis is unreachable.
+    pub async fn event_log_bounds(&self) -> Result<LogBounds, StoreError> {
+        let command = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&self.inner.stream_key)
+            .to_owned();
+        let info: Value = match self.query(command).await {
+            Ok(info) => info,
+            // No stream yet: no event was ever emitted (or Redis lost them all).
+            Err(StoreError::Redis(e)) if e.to_string().contains("no such key") => {
+                return Ok(LogBounds {
+                    first: None,
+                    max_deleted: EventId::ZERO,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let mut bounds = LogBounds {
+            first: None,
+            max_deleted: EventId::ZERO,
+        };
+        let pairs = match info {
+            Value::Array(items) => items,
+            Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            other => return Err(StoreError::Protocol(format!("XINFO STREAM gave {other:?}"))),
+        };
+        for pair in pairs.chunks(2) {
+            let [Value::BulkString(name), value] = pair else {
+                continue;
+            };
+            match (name.as_slice(), value) {
+                (b"max-deleted-entry-id", Value::BulkString(id)) => {
+                    bounds.max_deleted = parse_id(id)?;
+                }
+                (b"first-entry", Value::Array(entry)) => {
+                    if let Some(Value::BulkString(id)) = entry.first() {
+                        bounds.first = Some(parse_id(id)?);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(bounds)
+    }
+
     /// Checks that Redis answers, for readiness probes.
     ///
     /// # Errors
     /// [`StoreError`] when it does not within the command timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let work = async {
-            let mut conn = inner
-                .pool
-                .get()
-                .await
-                .map_err(|e| StoreError::Pool(e.to_string()))?;
-            redis::cmd("PING").query_async::<()>(&mut conn).await?;
-            Ok(())
-        };
-        tokio::time::timeout(inner.command_timeout, work)
-            .await
-            .map_err(|_| StoreError::Timeout(inner.command_timeout))?
+        self.query::<()>(redis::cmd("PING")).await
     }
+}
+
+fn parse_id(bytes: &[u8]) -> Result<EventId, StoreError> {
+    std::str::from_utf8(bytes)
+        .map_err(|_| StoreError::Protocol("a stream id that is not UTF-8".to_owned()))?
+        .parse()
+        .map_err(StoreError::Protocol)
 }
 
 /// The Pub/Sub channel every event is published on.

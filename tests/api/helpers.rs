@@ -369,6 +369,15 @@ pub async fn dump_keys(redis: &RedisServer, prefix: &str) -> String {
                     .query_async(&mut conn)
                     .await
             }
+            "zset" => {
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await
+            }
             other => panic!("unexpected key type {other} for {key}"),
         }
         .expect("read key");

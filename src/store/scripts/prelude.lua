@@ -49,10 +49,51 @@ local function event_body(kind, resource_id, agent_id, fence, at_ms, extra_key, 
     .. ',"' .. extra_key .. '":"' .. extra_value .. '"}'
 end
 
+-- The lease index: what the reaper, the listing and expiry events need once the lock key
+-- itself has expired. One entry per held resource in three structures:
+--   expiry  sorted set, member resource id, score lease end (ms): who is due to expire
+--   held    sorted set, member resource id, score 0: resource ids in byte order, for paging
+--   leases  hash, field resource id: "fence<TAB>acquired_ms<TAB>expires_ms<TAB>agent"
+-- Agent ids cannot hold control characters, so the tab-separated form is unambiguous.
+
+local function index_put(expiry_key, held_key, leases_key, id, fence, acquired, expires, agent)
+  redis.call('ZADD', expiry_key, int(expires), id)
+  redis.call('ZADD', held_key, 0, id)
+  redis.call('HSET', leases_key, id,
+    int(fence) .. '\t' .. int(acquired) .. '\t' .. int(expires) .. '\t' .. agent)
+end
+
+local function index_del(expiry_key, held_key, leases_key, id)
+  redis.call('ZREM', expiry_key, id)
+  redis.call('ZREM', held_key, id)
+  redis.call('HDEL', leases_key, id)
+end
+
+-- Returns fence, acquired_ms, expires_ms, agent of an index entry (nil when absent).
+local function index_get(leases_key, id)
+  local entry = redis.call('HGET', leases_key, id)
+  if not entry then
+    return nil
+  end
+  local fence, acquired, expires, agent = string.match(entry, '^(%d+)\t(%d+)\t(%d+)\t(.*)$')
+  return tonumber(fence), tonumber(acquired), tonumber(expires), agent
+end
+
 -- Appends an event to the capped stream and publishes it, with the stream entry id as
 -- its "id", in the same script as the change it describes. Returns the event id.
 local function emit(stream_key, channel, history, body)
   local id = redis.call('XADD', stream_key, 'MAXLEN', '~', history, '*', 'event', body)
   redis.call('PUBLISH', channel, '{"id":"' .. id .. '",' .. string.sub(body, 2))
   return id
+end
+
+-- Announces the end of a lease that ran out, once: the index entry goes with the event.
+-- The event's time is the lease's end, not the time of the announcement.
+local function announce_expiry(expiry_key, held_key, leases_key, stream_key, channel, history, id)
+  local fence, _, expires, agent = index_get(leases_key, id)
+  index_del(expiry_key, held_key, leases_key, id)
+  if fence then
+    emit(stream_key, channel, history,
+      event_body('resource.unlocked', id, agent, fence, expires, 'reason', 'expired'))
+  end
 end

@@ -3,6 +3,9 @@
 -- KEYS[1]  lock hash of the resource
 -- KEYS[2]  fencing counter of the resource
 -- KEYS[3]  event stream
+-- KEYS[4]  expiry index (sorted set)
+-- KEYS[5]  held index (sorted set)
+-- KEYS[6]  lease index (hash)
 -- ARGV[1]  SHA-256 of the caller's lock token
 -- ARGV[2]  new lease length in ms, or "" for the lease's original length
 -- ARGV[3]  resource id
@@ -14,12 +17,13 @@
 --         {-1} when nothing holds the lock,
 --         {-2, holder_agent_id, expires_at_ms} when another token holds it.
 --
--- A lease that has run out is gone from Redis (its key expired), so it is never revived.
+-- A lease that has run out is over, even if its key lingers for its last millisecond:
+-- it is never revived.
 
 local now_ms = clock()
 
 local lock = redis.call('HMGET', KEYS[1], 'token', 'agent', 'fence', 'ttl', 'acquired', 'expires')
-if not lock[1] then
+if not lock[1] or tonumber(lock[6]) <= now_ms then
   return {-1}
 end
 if lock[1] ~= ARGV[1] then
@@ -32,12 +36,14 @@ if ttl == '' then
 end
 local expires = now_ms + tonumber(ttl)
 local fence = tonumber(lock[3])
+local acquired = tonumber(lock[5])
 
 redis.call('HSET', KEYS[1], 'expires', int(expires))
-redis.call('PEXPIREAT', KEYS[1], int(expires))
+redis.call('PEXPIREAT', KEYS[1], int(expires - 1))
 redis.call('PEXPIRE', KEYS[2], int(tonumber(ttl) + tonumber(ARGV[6])))
+index_put(KEYS[4], KEYS[5], KEYS[6], ARGV[3], fence, acquired, expires, lock[2])
 
 local id = emit(KEYS[3], ARGV[4], ARGV[5],
   event_body('resource.refreshed', ARGV[3], lock[2], fence, now_ms, 'expires_at', rfc3339(expires)))
 
-return {1, lock[2], fence, tonumber(ttl), tonumber(lock[5]), expires, id}
+return {1, lock[2], fence, tonumber(ttl), acquired, expires, id}

@@ -1,0 +1,156 @@
+//! The process's one Pub/Sub subscription.
+//!
+//! It reconnects with backoff when Redis goes away. After each reconnection it reads
+//! what it missed from the stream before going on with live messages, skipping ids it
+//! has already dispatched, so consumers see every event once and in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::redis;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{Event, EventId, Hub, Waiters};
+use crate::store::{Store, StoreError};
+
+/// Longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Events read from the stream per page when filling a gap.
+const FILL_PAGE: usize = 500;
+
+/// Where the subscription connects.
+#[derive(Debug, Clone)]
+pub struct SubscriberConfig {
+    /// The Redis URL.
+    pub url: String,
+    /// The channel the scripts publish on.
+    pub channel: String,
+    /// Longest time to connect and subscribe.
+    pub connect_timeout: Duration,
+}
+
+/// Consumers of the events, and what has been handed to them.
+struct Dispatcher {
+    waiters: Waiters,
+    hub: Hub,
+    store: Store,
+    last: Option<EventId>,
+}
+
+impl Dispatcher {
+    fn dispatch(&mut self, event: Event) {
+        if self.last.is_some_and(|last| event.id <= last) {
+            return;
+        }
+        self.last = Some(event.id);
+        if event.kind == super::EventKind::Unlocked {
+            self.waiters.wake(&event.resource_id);
+        }
+        self.hub.publish(&Arc::new(event));
+    }
+
+    /// Dispatches what the stream holds after the last event handed out.
+    async fn fill_gap(&mut self) -> Result<(), StoreError> {
+        let Some(mut after) = self.last else {
+            return Ok(());
+        };
+        loop {
+            let page = self.store.events_after(after, FILL_PAGE).await?;
+            let full = page.len() == FILL_PAGE;
+            for stored in page {
+                after = stored.id;
+                match Event::from_stored(stored.id, &stored.body) {
+                    Ok(event) => self.dispatch(event),
+                    Err(error) => tracing::warn!(%error, "skipping a malformed stored event"),
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Runs the subscription until `shutdown` fires.
+pub async fn run_subscriber(
+    config: SubscriberConfig,
+    store: Store,
+    waiters: Waiters,
+    hub: Hub,
+    shutdown: CancellationToken,
+) {
+    let mut dispatcher = Dispatcher {
+        waiters,
+        hub,
+        store,
+        last: None,
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => return,
+            outcome = subscribe_and_dispatch(&config, &mut dispatcher) => outcome,
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::warn!("event subscription lost; reconnecting");
+                backoff = Duration::from_millis(50);
+            }
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                    "cannot subscribe to events"
+                );
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Subscribes, fills the gap, then dispatches live messages until the connection ends.
+///
+/// # Errors
+/// When the connection, the subscription or the gap fill fails.
+async fn subscribe_and_dispatch(
+    config: &SubscriberConfig,
+    dispatcher: &mut Dispatcher,
+) -> Result<(), String> {
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| e.to_string())?;
+    let connect = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&config.channel).await?;
+        Ok::<_, redis::RedisError>(pubsub)
+    };
+    let pubsub = tokio::time::timeout(config.connect_timeout, connect)
+        .await
+        .map_err(|_| "timed out subscribing".to_owned())?
+        .map_err(|e| e.to_string())?;
+    tracing::info!(channel = %config.channel, "subscribed to events");
+
+    // Live messages queue up on the connection meanwhile, and duplicates are skipped.
+    dispatcher.fill_gap().await.map_err(|e| e.to_string())?;
+    // A release may have gone unseen while the subscription was down; waiters retry.
+    dispatcher.waiters.wake_all();
+
+    let mut messages = pubsub.into_on_message();
+    while let Some(message) = messages.next().await {
+        let payload = match std::str::from_utf8(message.get_payload_bytes()) {
+            Ok(payload) => payload,
+            Err(_) => {
+                tracing::warn!("ignoring an event that is not UTF-8");
+                continue;
+            }
+        };
+        match Event::from_published(payload) {
+            Ok(event) => dispatcher.dispatch(event),
+            Err(error) => tracing::warn!(%error, "ignoring a malformed event"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! `GET /events`: lock events as Server-Sent Events.
+//!
+//! A client is registered with the [`Hub`](crate::events::Hub) before anything is read
+//! from the stream, so a resume (`Last-Event-ID`) replays the stream and then goes live
+//! with no gap; ids already replayed are skipped on the live side, so there is no
+//! duplicate at the seam either. Frames are rendered once per event and shared by all
+//! clients. The stream ends at shutdown.
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use crate::error::{ApiError, Problem};
+use crate::events::{Event, EventId, EventKind, Filter, Subscription};
+use crate::server::ConnectionCloser;
+use crate::store::Store;
+
+/// Query of `GET /events`; every filter is optional and they combine with AND.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only events of exactly this resource.
+    #[param(example = "file:src/main.py")]
+    pub resource_id: Option<String>,
+    /// Only events of resources whose id starts with this.
+    #[param(example = "file:src/")]
+    pub prefix: Option<String>,
+    /// Only these event types, comma-separated.
+    #[param(example = "resource.locked,resource.unlocked")]
+    pub types: Option<String>,
+}
+
+/// A lock event, as each SSE `data:` line carries it and as Redis Pub/Sub publishes it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "1764164400123-0",
+    "type": "resource.locked",
+    "resource_id": "file:src/main.py",
+    "agent_id": "agent-feature-dev",
+    "fencing_token": 1764164400123456u64,
+    "at": "2026-11-26T13:40:00.123Z",
+    "expires_at": "2026-11-26T13:40:30.123Z"
+}))]
+pub struct LockEvent {
+    /// Ordered, opaque event id; send it back as `Last-Event-ID` to resume.
+    pub id: String,
+    /// `resource.locked`, `resource.refreshed` or `resource.unlocked`.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// The resource.
+    pub resource_id: String,
+    /// The holder whose lease changed.
+    pub agent_id: String,
+    /// The fencing token of that lease.
+    pub fencing_token: u64,
+    /// When the change took effect; for an expiry, the lease's end.
+    #[schema(format = DateTime)]
+    pub at: String,
+    /// `resource.locked`, `resource.refreshed`: when the lease ends.
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    /// `resource.unlocked`: `released` or `expired`.
+    pub reason: Option<UnlockReason>,
+}
+
+/// The event types.
+#[derive(Debug, Serialize, ToSchema)]
+pub enum EventType {
+    /// A lock was acquired.
+    #[serde(rename = "resource.locked")]
+    Locked,
+    /// A lease was extended.
+    #[serde(rename = "resource.refreshed")]
+    Refreshed,
+    /// A lock was released, or its lease ran out.
+    #[serde(rename = "resource.unlocked")]
+    Unlocked,
+}
+
+/// Why a lock was unlocked.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UnlockReason {
+    /// Its holder released it.
+    Released,
+    /// Its lease ran out.
+    Expired,
+}
+
+/// Sent first when a resume asks for events older than the stream still holds.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamGap {
+    /// Always `stream.gap`.
+    #[serde(rename = "type")]
+    #[schema(example = "stream.gap")]
+    pub gap_type: &'static str,
+    /// The `Last-Event-ID` the client sent.
+    pub requested_id: String,
+    /// The oldest event the stream still holds (null when it holds none).
+    pub oldest_id: Option<String>,
+}
+
+/// Events replayed from the stream per Redis call.
+const REPLAY_PAGE: usize = 256;
+/// The comment that keeps idle connections (and proxies) from timing out.
+const KEEPALIVE: &[u8] = b":\n\n";
+
+/// Stream lock events.
+///
+/// A `text/event-stream` of lock events: each has `id:`, `event:` (the type) and `data:`
+/// (the event as JSON). Filters combine with AND. Reconnect with `Last-Event-ID` to get
+/// every matching event after that id that the server still holds, then live events,
+/// with no gap and no duplicate; if that id is older than the retained history, a
+/// `stream.gap` event (without an id) comes first. Idle streams get a comment line every
+/// `events.keepalive_ms`. A client too slow to keep up is disconnected; it can resume.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    params(
+        EventsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+    ),
+    responses(
+        (status = 200, description = "The event stream; each `data:` is a LockEvent, or a StreamGap for `event: stream.gap`",
+            content_type = "text/event-stream", body = LockEvent),
+        (status = 400, description = "Unknown event type, unknown parameter, or malformed Last-Event-ID", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable while resuming", body = Problem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u64, description = "Seconds to wait before retrying"),
+        )),
+    )
+)]
+pub async fn stream_events(
+    State(state): State<AppState>,
+    closer: Option<Extension<ConnectionCloser>>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
+    let filter = parse_filter(query)?;
+    let resume = parse_last_event_id(&headers)?;
+
+    // Registered first: whatever is published from here on reaches the client, and what
+    // was published before is in the stream.
+    let subscription = state.hub.subscribe(
+        filter.clone(),
+        state.events.client_buffer,
+        closer.map(|Extension(ConnectionCloser(token))| token),
+    );
+
+    let mut opening = BytesMut::new();
+    opening.extend_from_slice(format!("retry: {}\n\n", state.events.retry_ms).as_bytes());
+    if let Some(requested) = resume {
+        let bounds = state.store.event_log_bounds().await?;
+        // Trimming removes the oldest entries, so nothing is missing after `requested`
+        // when the stream still holds it or its successor. The id right after
+        // `requested` was the newest one trimmed away, or the first one held. Any other id
+        // older than the first one held means events were trimmed or lost with Redis.
+        let missing =
+            bounds.first.is_none_or(|first| requested < first) && requested != bounds.max_deleted;
+        if missing {
+            let gap = StreamGap {
+                gap_type: "stream.gap",
+                requested_id: requested.to_string(),
+                oldest_id: bounds.first.map(|id| id.to_string()),
+            };
+            let data =
+                serde_json::to_string(&gap).map_err(|e| ApiError::Internal(e.to_string()))?;
+            opening.extend_from_slice(format!("event: stream.gap\ndata: {data}\n\n").as_bytes());
+        }
+    }
+
+    let feed = Feed {
+        store: state.store.clone(),
+        filter,
+        subscription,
+        opening: Some(opening.freeze()),
+        replay_after: resume,
+        last: resume,
+        keepalive: Duration::from_millis(state.events.keepalive_ms),
+        shutdown: state.shutdown.clone(),
+    };
+    let body = Body::from_stream(stream::unfold(feed, Feed::next_chunk));
+
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+fn parse_filter(query: EventsQuery) -> Result<Filter, ApiError> {
+    let kinds = match query.types.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(list) => Some(
+            list.split(',')
+                .map(|name| {
+                    EventKind::parse(name.trim()).ok_or_else(|| {
+                        ApiError::InvalidQuery(format!(
+                            "unknown event type {:?} in types; known types: {}",
+                            name.trim(),
+                            EventKind::ALL.map(EventKind::as_str).join(", ")
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(Filter {
+        resource_id: query.resource_id.filter(|id| !id.is_empty()),
+        prefix: query.prefix.filter(|prefix| !prefix.is_empty()),
+        kinds,
+    })
+}
+
+/// `Last-Event-ID`: absent or empty means "live only".
+fn parse_last_event_id(headers: &HeaderMap) -> Result<Option<EventId>, ApiError> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidLastEventId("Last-Event-ID is not ASCII".into()))?
+        .trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(ApiError::InvalidLastEventId)
+}
+
+/// One client's event stream: the opening lines, then the replay, then live events.
+struct Feed {
+    store: Store,
+    filter: Filter,
+    subscription: Subscription,
+    /// `retry:` and any `stream.gap`, sent first.
+    opening: Option<Bytes>,
+    /// Still replaying the stream after this id.
+    replay_after: Option<EventId>,
+    /// The newest id sent; live events up to it were already replayed.
+    last: Option<EventId>,
+    keepalive: Duration,
+    shutdown: CancellationToken,
+}
+
+type Chunk = Result<Bytes, std::convert::Infallible>;
+
+impl Feed {
+    async fn next_chunk(mut self) -> Option<(Chunk, Self)> {
+        if let Some(opening) = self.opening.take() {
+            return Some((Ok(opening), self));
+        }
+        while let Some(after) = self.replay_after {
+            if self.shutdown.is_cancelled() {
+                return None;
+            }
+            let page = match self.store.events_after(after, REPLAY_PAGE).await {
+                Ok(page) => page,
+                Err(error) => {
+                    // The client resumes from what it got, with Last-Event-ID.
+                    tracing::warn!(%error, "cannot replay events; ending the stream");
+                    return None;
+                }
+            };
+            self.replay_after = (page.len() == REPLAY_PAGE).then(|| page[page.len() - 1].id);
+            let mut chunk = BytesMut::new();
+            for stored in page {
+                self.last = Some(stored.id);
+                match Event::from_stored(stored.id, &stored.body) {
+                    Ok(event) if self.filter.matches(event.kind, &event.resource_id) => {
+                        chunk.extend_from_slice(&event.frame);
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "skipping a malformed stored event"),
+                }
+            }
+            if !chunk.is_empty() {
+                return Some((Ok(chunk.freeze()), self));
+            }
+        }
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                event = self.subscription.receiver.recv() => {
+                    let event = event?;
+                    if self.last.is_some_and(|last| event.id <= last) {
+                        continue;
+                    }
+                    self.last = Some(event.id);
+                    return Some((Ok(event.frame.clone()), self));
+                }
+                () = tokio::time::sleep(self.keepalive) => {
+                    return Some((Ok(Bytes::from_static(KEEPALIVE)), self));
+                }
+            }
+        }
+    }
+}
