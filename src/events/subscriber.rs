@@ -50,7 +50,8 @@ impl Dispatcher {
         self.hub.publish(&Arc::new(event));
     }
 
-    /// Dispatches what the stream holds after the last event handed out.
+    /// Dispatches what the stream holds after the last event handed out (or after where
+    /// the stream stood when the first subscription was made).
     async fn fill_gap(&mut self) -> Result<(), StoreError> {
         let Some(mut after) = self.last else {
             return Ok(());
@@ -122,6 +123,16 @@ async fn subscribe_and_dispatch(
     dispatcher: &mut Dispatcher,
 ) -> Result<(), String> {
     let client = redis::Client::open(config.url.as_str()).map_err(|e| e.to_string())?;
+    if dispatcher.last.is_none() {
+        // Where the stream stands before the first subscription: anything after it that
+        // the subscription does not deliver, the gap fill will.
+        let newest = dispatcher
+            .store
+            .last_event_id()
+            .await
+            .map_err(|e| e.to_string())?;
+        dispatcher.last = Some(newest.unwrap_or(EventId::ZERO));
+    }
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(&config.channel).await?;

@@ -481,6 +481,26 @@ impl Store {
             .collect()
     }
 
+    /// The id of the newest event in the stream, if any.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis is unreachable.
+    pub async fn last_event_id(&self) -> Result<Option<EventId>, StoreError> {
+        let command = redis::cmd("XREVRANGE")
+            .arg(&self.inner.stream_key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .to_owned();
+        let reply: redis::streams::StreamRangeReply = self.query(command).await?;
+        reply
+            .ids
+            .first()
+            .map(|entry| entry.id.parse().map_err(StoreError::Protocol))
+            .transpose()
+    }
+
     /// The bounds of the event history that the stream still holds.
     ///
     /// # Errors

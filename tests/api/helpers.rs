@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncCommands};
-use lockd::events::Waiters;
+use lockd::events::{Hub, Waiters};
 use lockd::{Application, Settings};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -215,6 +215,8 @@ pub struct TestApp {
     pub settings: Settings,
     /// The app's waiters, to await "the request is waiting" without sleeping.
     pub waiters: Waiters,
+    /// The app's event-stream clients, to await "the client is registered".
+    pub hub: Hub,
     shutdown: CancellationToken,
 }
 
@@ -230,6 +232,7 @@ impl TestApp {
         let addr = app.local_addr();
         let shutdown = app.shutdown_token();
         let waiters = app.waiters();
+        let hub = app.hub();
         tokio::spawn(app.run_until_stopped());
         Self {
             base: format!("http://{addr}"),
@@ -240,6 +243,7 @@ impl TestApp {
                 .expect("a client"),
             settings,
             waiters,
+            hub,
             shutdown,
         }
     }
@@ -315,6 +319,66 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// An open `GET /events` stream, read as a real SSE client reads it.
+pub struct EventStream {
+    events: std::pin::Pin<Box<dyn futures_util::Stream<Item = eventsource_stream::Event> + Send>>,
+}
+
+impl EventStream {
+    /// Connects with a query string (without `?`) and an optional `Last-Event-ID`, and
+    /// waits until the server has registered the client.
+    pub async fn open(app: &TestApp, query: &str, last_event_id: Option<&str>) -> Self {
+        use eventsource_stream::Eventsource;
+        use futures_util::StreamExt;
+        let before = app.hub.client_count();
+        let mut request = app.client.get(format!("{}/events?{query}", app.base));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.expect("GET /events answers");
+        assert_eq!(response.status(), 200, "GET /events?{query}");
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let hub = app.hub.clone();
+        eventually(Duration::from_secs(5), "the client to register", || {
+            let hub = hub.clone();
+            async move { hub.client_count() > before }
+        })
+        .await;
+        let events = response
+            .bytes_stream()
+            .eventsource()
+            .map(|event| event.expect("a well-formed event stream"));
+        Self {
+            events: Box::pin(events),
+        }
+    }
+
+    /// The next event, or a panic after `limit`.
+    pub async fn next(&mut self) -> eventsource_stream::Event {
+        self.next_within(Duration::from_secs(10))
+            .await
+            .expect("an event arrived in time")
+    }
+
+    /// The next event within `limit`, or `None` if none came (or the stream ended).
+    pub async fn next_within(&mut self, limit: Duration) -> Option<eventsource_stream::Event> {
+        use futures_util::StreamExt;
+        tokio::time::timeout(limit, self.events.next())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The next event's JSON document.
+    pub async fn next_json(&mut self) -> Value {
+        let event = self.next().await;
+        let data: Value = serde_json::from_str(&event.data).expect("JSON data");
+        assert_eq!(data["id"], event.id, "the SSE id is the event's id");
+        assert_eq!(data["type"], event.event, "the SSE event name is its type");
+        data
     }
 }
 

@@ -5,6 +5,8 @@ mod helpers;
 mod errors;
 mod events;
 mod faults;
+mod listing;
 mod locks;
 mod operations;
+mod sse;
 mod waiting;
