@@ -269,7 +269,9 @@ impl Feed {
             if self.shutdown.is_cancelled() {
                 return None;
             }
-            let page = match self.store.events_after(after, REPLAY_PAGE).await {
+            // Boxed: the Redis call's state is large, and an idle client's stream future
+            // would otherwise carry room for it for as long as the connection lasts.
+            let page = match Box::pin(self.store.events_after(after, REPLAY_PAGE)).await {
                 Ok(page) => page,
                 Err(error) => {
                     // The client resumes from what it got, with Last-Event-ID.
@@ -309,5 +311,36 @@ impl Feed {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle SSE client holds one of these futures for as long as it stays
+    /// connected; keep it small (the Redis call of the replay is boxed for that).
+    #[test]
+    fn an_idle_clients_stream_state_stays_small() {
+        fn size_of_future<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let settings = crate::config::Settings::defaults();
+        let hub = crate::events::Hub::default();
+        let feed = Feed {
+            store: Store::new(&settings).unwrap(),
+            filter: Filter::default(),
+            subscription: hub.subscribe(Filter::default(), 8, None),
+            opening: None,
+            replay_after: None,
+            last: None,
+            keepalive: Duration::from_secs(1),
+            shutdown: CancellationToken::new(),
+        };
+        let size = size_of_future(&feed.next_chunk());
+        assert!(
+            size < 1024,
+            "an idle client's stream future is {size} bytes"
+        );
     }
 }
