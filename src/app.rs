@@ -7,9 +7,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
 use crate::config::{Settings, redact_url};
 use crate::events::subscriber::SubscriberConfig;
-use crate::events::{self, Hub, Waiters};
+use crate::events::{self, Hub, HubLimits, Waiters};
 use crate::routes::{self, AppState};
 use crate::server::{self, ConnectionLimits};
 use crate::store::{self, Store};
@@ -61,7 +62,10 @@ impl Application {
         let store = Store::new(settings)?;
         let shutdown = CancellationToken::new();
         let waiters = Waiters::default();
-        let hub = Hub::default();
+        let hub = Hub::new(HubLimits {
+            total: settings.events.max_clients,
+            per_owner: settings.events.max_clients_per_key,
+        });
         let subscriber = tokio::spawn(events::run_subscriber(
             SubscriberConfig {
                 url: settings.redis.url.clone(),
@@ -81,8 +85,17 @@ impl Application {
             locks: settings.locks.clone(),
             events: settings.events.clone(),
             shutdown: shutdown.clone(),
+            metrics: crate::metrics::install(),
         };
-        let router = routes::router(state, settings);
+        let authenticator = Authenticator::new(&settings.auth);
+        if !authenticator.enabled() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                %local_addr,
+                "AUTH IS OFF on a non-loopback address: anyone who can reach this port can \
+                 take, release and read every lock; set auth.enabled = true with API keys"
+            );
+        }
+        let router = routes::router(state, settings, authenticator);
         tracing::info!(
             %local_addr,
             redis = %redact_url(&settings.redis.url),
@@ -94,6 +107,7 @@ impl Application {
             local_addr,
             router,
             limits: ConnectionLimits {
+                max_connections: settings.server.max_connections,
                 header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
                 shutdown_timeout: Duration::from_millis(settings.server.shutdown_timeout_ms),
             },

@@ -27,8 +27,34 @@ pub struct Settings {
     pub locks: LockSettings,
     /// The event stream.
     pub events: EventSettings,
+    /// Access control.
+    pub auth: AuthSettings,
     /// Logging.
     pub log: LogSettings,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Whether the API requires a bearer key.
+    pub enabled: bool,
+    /// The keys.
+    pub keys: Vec<ApiKeySettings>,
+}
+
+/// One `[[auth.keys]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    /// Who the key belongs to, for logs and per-key limits.
+    pub name: String,
+    /// Hex SHA-256 of the key.
+    pub sha256: String,
+    /// Glob of the agent ids the key may act as.
+    pub agents: String,
+    /// `lock`, `read`, `admin`.
+    pub scopes: Vec<String>,
 }
 
 /// `[server]`.
@@ -43,6 +69,10 @@ pub struct ServerSettings {
     pub header_read_timeout_ms: u64,
     /// Grace period for requests in flight at shutdown.
     pub shutdown_timeout_ms: u64,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
 }
 
 /// `[redis]`.
@@ -85,6 +115,8 @@ pub struct LockSettings {
     pub max_ttl_ms: u64,
     /// Longest server-side wait.
     pub max_wait_ms: u64,
+    /// Most waiting acquires at once in this process.
+    pub max_waiters: usize,
     /// How long a fencing counter outlives the last lease of its resource.
     pub fence_retention_ms: u64,
 }
@@ -101,6 +133,10 @@ pub struct EventSettings {
     pub retry_ms: u64,
     /// Events a client may fall behind by before it is disconnected.
     pub client_buffer: usize,
+    /// Most event-stream clients at once in this process.
+    pub max_clients: usize,
+    /// Most event-stream clients at once per API key.
+    pub max_clients_per_key: usize,
 }
 
 /// `[log]`.
@@ -302,8 +338,78 @@ impl Settings {
                 format!("must be at most {YEAR_MS}"),
             ));
         }
+        if !(1..=1_000_000).contains(&self.server.max_connections) {
+            return Err(invalid(
+                "server.max_connections",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&self.server.max_body_bytes) {
+            return Err(invalid(
+                "server.max_body_bytes",
+                "must be between 1024 and 1048576",
+            ));
+        }
+        if self.locks.max_waiters > 1_000_000 {
+            return Err(invalid("locks.max_waiters", "must be at most 1000000"));
+        }
+        if self.events.max_clients > 1_000_000 {
+            return Err(invalid("events.max_clients", "must be at most 1000000"));
+        }
+        self.validate_auth()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl Settings {
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "auth.keys",
+            message,
+        };
+        if self.auth.enabled && self.auth.keys.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "auth.enabled",
+                message: "auth is on but auth.keys is empty: nobody could use the API".into(),
+            });
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
+        for key in &self.auth.keys {
+            if key.name.is_empty() || !names.insert(key.name.as_str()) {
+                return Err(invalid(format!(
+                    "key names must be unique and non-empty ({:?})",
+                    key.name
+                )));
+            }
+            if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(format!(
+                    "{}: sha256 must be 64 hex digits",
+                    key.name
+                )));
+            }
+            if !hashes.insert(key.sha256.to_ascii_lowercase()) {
+                return Err(invalid(format!(
+                    "{}: the same key is listed twice",
+                    key.name
+                )));
+            }
+            crate::domain::AgentPattern::parse(&key.agents)
+                .map_err(|e| invalid(format!("{}: agents: {e}", key.name)))?;
+            if key.scopes.is_empty() {
+                return Err(invalid(format!("{}: scopes must not be empty", key.name)));
+            }
+            for scope in &key.scopes {
+                if !matches!(scope.as_str(), "lock" | "read" | "admin") {
+                    return Err(invalid(format!(
+                        "{}: unknown scope {scope:?} (known: lock, read, admin)",
+                        key.name
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -112,13 +112,7 @@ impl LockToken {
     /// The hex SHA-256 that Redis stores and compares instead of the token.
     #[must_use]
     pub fn digest(&self) -> String {
-        let hash = Sha256::digest(self.0.as_bytes());
-        let mut hex = String::with_capacity(64);
-        for byte in hash {
-            use fmt::Write;
-            let _ = write!(hex, "{byte:02x}");
-        }
-        hex
+        hex(&Sha256::digest(self.0.as_bytes()))
     }
 }
 
@@ -135,9 +129,237 @@ impl fmt::Debug for LockToken {
     }
 }
 
+/// Which agent ids an API key may act as: a glob where `*` matches any run of
+/// characters (`ci-*`, `*`, `agent-7`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPattern {
+    glob: String,
+}
+
+impl AgentPattern {
+    /// Any agent.
+    #[must_use]
+    pub fn any() -> Self {
+        Self { glob: "*".into() }
+    }
+
+    /// Parses a glob.
+    ///
+    /// # Errors
+    /// A message when the glob is empty, too long or holds control characters.
+    pub fn parse(glob: &str) -> Result<Self, String> {
+        check_name("agent pattern", glob, MAX_AGENT_ID_BYTES)?;
+        Ok(Self { glob: glob.into() })
+    }
+
+    /// Whether every agent matches.
+    #[must_use]
+    pub fn is_any(&self) -> bool {
+        self.glob.chars().all(|c| c == '*')
+    }
+
+    /// Whether `agent` matches.
+    #[must_use]
+    pub fn matches(&self, agent: &str) -> bool {
+        glob_match(self.glob.as_bytes(), agent.as_bytes())
+    }
+
+    /// The same test as a Lua pattern, anchored, for the scripts (`""` for any agent).
+    #[must_use]
+    pub fn to_lua(&self) -> String {
+        if self.is_any() {
+            return String::new();
+        }
+        let mut pattern = String::from("^");
+        for c in self.glob.chars() {
+            match c {
+                '*' => pattern.push_str(".*"),
+                '^' | '$' | '(' | ')' | '%' | '.' | '[' | ']' | '+' | '-' | '?' => {
+                    pattern.push('%');
+                    pattern.push(c);
+                }
+                _ => pattern.push(c),
+            }
+        }
+        pattern.push('$');
+        pattern
+    }
+}
+
+impl fmt::Display for AgentPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.glob)
+    }
+}
+
+/// Glob match with `*` only, iterative with one backtrack point: linear in practice.
+fn glob_match(glob: &[u8], text: &[u8]) -> bool {
+    let (mut g, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if g < glob.len() && glob[g] == b'*' {
+            star = Some((g, t));
+            g += 1;
+        } else if g < glob.len() && glob[g] == text[t] {
+            g += 1;
+            t += 1;
+        } else if let Some((star_g, star_t)) = star {
+            g = star_g + 1;
+            t = star_t + 1;
+            star = Some((star_g, star_t + 1));
+        } else {
+            return false;
+        }
+    }
+    glob[g..].iter().all(|&b| b == b'*')
+}
+
+/// The `Idempotency-Key` of an acquire: 1 to 255 visible ASCII characters.
+///
+/// Redis stores a digest of it (bound to the agent) to recognise a retry, and the lock
+/// token sealed with it, so that the retry can be answered with the same token while
+/// Redis never holds the token in a usable form.
+#[derive(Clone)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Parses a header value.
+    ///
+    /// # Errors
+    /// A message when the value is empty, too long or not visible ASCII.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID is ideal)"
+                    .to_owned(),
+            );
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The digest Redis compares: binds the key to the agent and the resource.
+    #[must_use]
+    pub fn digest(&self, resource: &ResourceId, agent: &AgentId) -> String {
+        hex(&self.derive(b"lockd-idempotency", resource, agent))
+    }
+
+    /// Seals `token` (XOR with a key derived from this key, the resource and the agent).
+    #[must_use]
+    pub fn seal(&self, token: &LockToken, resource: &ResourceId, agent: &AgentId) -> String {
+        let pad = self.derive(b"lockd-seal", resource, agent);
+        let sealed: Vec<u8> = token
+            .0
+            .as_bytes()
+            .iter()
+            .zip(pad.iter())
+            .map(|(a, b)| a ^ b)
+            .collect();
+        hex(&sealed)
+    }
+
+    /// Recovers the token sealed by [`IdempotencyKey::seal`].
+    ///
+    /// # Errors
+    /// A message when `sealed` is not what `seal` produces.
+    pub fn unseal(
+        &self,
+        sealed: &str,
+        resource: &ResourceId,
+        agent: &AgentId,
+    ) -> Result<LockToken, String> {
+        let pad = self.derive(b"lockd-seal", resource, agent);
+        if sealed.len() != 32 {
+            return Err("a sealed token has 32 hex digits".into());
+        }
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            let pair = sealed.get(2 * i..2 * i + 2).ok_or("not hex")?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|e| e.to_string())? ^ pad[i];
+        }
+        Ok(LockToken(Uuid::from_bytes(bytes)))
+    }
+
+    fn derive(&self, purpose: &[u8], resource: &ResourceId, agent: &AgentId) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        for part in [
+            purpose,
+            self.0.as_bytes(),
+            resource.0.as_bytes(),
+            agent.0.as_bytes(),
+        ] {
+            // Length-prefixed, so no two different inputs run together alike.
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part);
+        }
+        hash.finalize().into()
+    }
+}
+
+impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IdempotencyKey(..)")
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        use fmt::Write;
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn globs_match_like_their_lua_patterns_say() {
+        let cases = [
+            ("*", "anything", true),
+            ("ci-*", "ci-7", true),
+            ("ci-*", "ci-", true),
+            ("ci-*", "dev-ci-7", false),
+            ("*-bot", "release-bot", true),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("agent.7", "agent.7", true),
+            ("agent.7", "agentX7", false),
+            ("100%", "100%", true),
+        ];
+        for (glob, agent, expected) in cases {
+            let pattern = AgentPattern::parse(glob).unwrap();
+            assert_eq!(pattern.matches(agent), expected, "{glob} vs {agent}");
+        }
+        assert_eq!(AgentPattern::parse("ci-*").unwrap().to_lua(), "^ci%-.*$");
+        assert_eq!(
+            AgentPattern::parse("agent.7").unwrap().to_lua(),
+            "^agent%.7$"
+        );
+        assert_eq!(AgentPattern::any().to_lua(), "");
+    }
+
+    #[test]
+    fn idempotency_seals_and_unseals_the_token_for_the_same_request_only() {
+        let key = IdempotencyKey::parse("retry-me-42").unwrap();
+        let resource = ResourceId::parse("file:a".into()).unwrap();
+        let agent = AgentId::parse("agent-a".into()).unwrap();
+        let other_agent = AgentId::parse("agent-b".into()).unwrap();
+        let token = LockToken::generate();
+
+        let sealed = key.seal(&token, &resource, &agent);
+        assert!(!sealed.contains(&token.to_string().replace('-', "")));
+        assert_eq!(key.unseal(&sealed, &resource, &agent).unwrap(), token);
+        assert_ne!(key.unseal(&sealed, &resource, &other_agent).unwrap(), token);
+        assert_ne!(
+            key.digest(&resource, &agent),
+            key.digest(&resource, &other_agent)
+        );
+        assert!(IdempotencyKey::parse("").is_err());
+        assert!(IdempotencyKey::parse("has space").is_err());
+        assert!(IdempotencyKey::parse(&"k".repeat(256)).is_err());
+    }
 
     #[test]
     fn resource_id_accepts_paths_and_unicode() {

@@ -79,6 +79,15 @@ pub enum ApiError {
     /// 400 `invalid_last_event_id`.
     #[error("{0}")]
     InvalidLastEventId(String),
+    /// 400 `invalid_idempotency_key`.
+    #[error("{0}")]
+    InvalidIdempotencyKey(String),
+    /// 401 `unauthorized`: no API key, or an unknown one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403 `forbidden`: the key lacks the scope, or may not act as that agent.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404 `lock_not_found`.
     #[error("nothing holds the lock on {0} (it expired or was never taken)")]
     LockNotFound(String),
@@ -135,6 +144,20 @@ pub enum ApiError {
         /// `locks.max_wait_ms`.
         max: u64,
     },
+    /// 429 `key_event_client_limit`: this API key has as many event streams open as
+    /// `events.max_clients_per_key` allows.
+    #[error("API key {0} already has the most event streams it may open")]
+    KeyEventClientLimit(String),
+    /// 503 `event_client_limit`: `events.max_clients` streams are open.
+    #[error(
+        "this server has as many event streams open as it serves; retry shortly or on another instance"
+    )]
+    EventClientLimit,
+    /// 503 `waiter_limit`: `locks.max_waiters` requests are waiting.
+    #[error(
+        "this server has as many waiting acquires as it serves; retry shortly or without wait_ms"
+    )]
+    WaiterLimit,
     /// 503 `store_unavailable`: Redis did not answer in time or refused.
     #[error("the lock store is unavailable; the outcome of a change is unknown, retry shortly")]
     StoreUnavailable(#[source] crate::store::StoreError),
@@ -158,6 +181,9 @@ impl ApiError {
             E::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             E::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             E::InvalidLastEventId(_) => (StatusCode::BAD_REQUEST, "invalid_last_event_id"),
+            E::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+            E::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             E::LockNotFound(_) => (StatusCode::NOT_FOUND, "lock_not_found"),
             E::RouteNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             E::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -172,6 +198,9 @@ impl ApiError {
             E::InvalidAgentId(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_agent_id"),
             E::InvalidTtl { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_ttl_ms"),
             E::InvalidWait { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_wait_ms"),
+            E::KeyEventClientLimit(_) => (StatusCode::TOO_MANY_REQUESTS, "key_event_client_limit"),
+            E::EventClientLimit => (StatusCode::SERVICE_UNAVAILABLE, "event_client_limit"),
+            E::WaiterLimit => (StatusCode::SERVICE_UNAVAILABLE, "waiter_limit"),
             E::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -187,6 +216,9 @@ impl ApiError {
             E::MalformedJson(_) => "Malformed JSON body",
             E::InvalidQuery(_) => "Invalid query string",
             E::InvalidLastEventId(_) => "Invalid Last-Event-ID header",
+            E::InvalidIdempotencyKey(_) => "Invalid Idempotency-Key header",
+            E::Unauthorized(_) => "Unauthorized",
+            E::Forbidden(_) => "Forbidden",
             E::LockNotFound(_) => "Lock not found",
             E::RouteNotFound(_) => "Not found",
             E::MethodNotAllowed(_) => "Method not allowed",
@@ -199,6 +231,9 @@ impl ApiError {
             E::InvalidAgentId(_) => "Invalid agent id",
             E::InvalidTtl { .. } => "Lease length out of range",
             E::InvalidWait { .. } => "Wait out of range",
+            E::KeyEventClientLimit(_) => "Too many event streams for this key",
+            E::EventClientLimit => "Too many event streams",
+            E::WaiterLimit => "Too many waiting acquires",
             E::StoreUnavailable(_) => "Lock store unavailable",
             E::ShuttingDown => "Shutting down",
             E::Internal(_) => "Internal error",
@@ -210,7 +245,11 @@ impl ApiError {
         match self {
             // Whole seconds until the lease ends, at least 1.
             Self::LockHeld { holder, .. } => Some(holder.remaining_ms.div_ceil(1000).max(1)),
-            Self::StoreUnavailable(_) | Self::ShuttingDown => Some(1),
+            Self::StoreUnavailable(_)
+            | Self::ShuttingDown
+            | Self::WaiterLimit
+            | Self::EventClientLimit
+            | Self::KeyEventClientLimit(_) => Some(1),
             _ => None,
         }
     }
@@ -240,6 +279,7 @@ impl IntoResponse for ApiError {
         match &self {
             Self::StoreUnavailable(cause) => {
                 tracing::warn!(error = %cause, "lock store unavailable");
+                crate::metrics::redis_error(cause.kind());
             }
             Self::Internal(cause) => tracing::error!(error = %cause, "internal error"),
             _ => {}

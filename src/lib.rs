@@ -11,6 +11,8 @@
 //! - [`events`] — the one Pub/Sub subscription per process, and the local waiters it wakes.
 //! - [`routes`] — thin axum handlers and the middleware stack.
 //! - [`error`] — the one error type; every 4xx/5xx is an RFC 9457 problem document.
+//! - [`auth`] — bearer API keys, their agent globs and scopes.
+//! - [`metrics`] — the Prometheus counters and histograms behind `GET /metrics`.
 //! - [`openapi`] — the utoipa document behind `openapi/openapi.json`.
 //! - [`server`] — the accept loop (header-read timeout, graceful drain).
 //! - [`app`] — startup, shared by `main` and the tests.
@@ -18,10 +20,12 @@
 //! - [`time`] — RFC 3339 formatting of Redis timestamps.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod server;

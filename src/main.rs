@@ -38,12 +38,20 @@ enum Command {
     Openapi,
     /// Print the effective configuration as JSON (passwords hidden) and exit.
     Config,
+    /// Make a new random API key and print it with its `[[auth.keys]]` entry.
+    NewKey {
+        /// The key's name, for logs and per-key limits.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Openapi) = cli.command {
         return print_out(&lockd::openapi::document_json());
+    }
+    if let Some(Command::NewKey { name }) = &cli.command {
+        return print_out(&new_key(name));
     }
     let overrides = Overrides {
         listen: cli.listen,
@@ -98,6 +106,25 @@ fn main() -> ExitCode {
         app.run_until_stopped().await;
         ExitCode::SUCCESS
     })
+}
+
+/// A random key (244 bits from two UUID v4s) and the configuration entry that admits it.
+fn new_key(name: &str) -> String {
+    let key = format!(
+        "lockd_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let digest = lockd::auth::hex_sha256(&key);
+    format!(
+        "# API key for {name}: give it to the client, keep only the entry below in the config.\n\
+         # {key}\n\
+         [[auth.keys]]\n\
+         name = {name:?}\n\
+         sha256 = \"{digest}\"\n\
+         agents = \"*\"\n\
+         scopes = [\"lock\", \"read\"]\n"
+    )
 }
 
 /// Writes to stdout without panicking when the reader has gone (`lockd openapi | head`).

@@ -2,6 +2,7 @@
 //! `axum::serve` does not expose: the header-read timeout (slow clients cannot hold a
 //! connection open by trickling headers) and a graceful drain with a deadline.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -9,7 +10,9 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -22,10 +25,32 @@ pub struct ConnectionCloser(pub CancellationToken);
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
+    /// Most connections open at once.
+    pub max_connections: usize,
     /// Longest time a client may take to send its request headers.
     pub header_read_timeout: Duration,
     /// Longest time in-flight requests get to finish after shutdown begins.
     pub shutdown_timeout: Duration,
+}
+
+/// Answers a connection over the limit with a 503 problem document, then closes it.
+/// The request is not read: the answer is the same whatever it was.
+async fn refuse(mut stream: TcpStream) {
+    const BODY: &str = concat!(
+        r#"{"type":"urn:lockd:problem:connection_limit","title":"Too many connections","#,
+        r#""status":503,"detail":"this server has as many connections open as it serves; "#,
+        r#"retry shortly or on another instance","code":"connection_limit"}"#
+    );
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let write = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 /// Serves `app` on `listener` until `shutdown` fires, then stops accepting, lets the
@@ -37,6 +62,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -58,6 +84,12 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            crate::metrics::rejected("connection_limit");
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        crate::metrics::connections(1.0);
         let closer = CancellationToken::new();
         let service = TowerToHyperService::new(app.clone().map_request({
             let closer = closer.clone();
@@ -71,6 +103,7 @@ pub async fn serve(
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
+            let _slot = slot;
             tokio::select! {
                 result = connection => {
                     if let Err(error) = result {
@@ -81,6 +114,7 @@ pub async fn serve(
                     tracing::debug!(%peer, "connection closed by the server");
                 }
             }
+            crate::metrics::connections(-1.0);
         });
     }
     drop(listener);

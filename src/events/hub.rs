@@ -48,32 +48,96 @@ struct Client {
     sender: mpsc::Sender<Arc<Event>>,
     /// Closes the client's HTTP connection when it falls behind.
     closer: Option<CancellationToken>,
+    /// The API key it connected with, for the per-key limit.
+    owner: Arc<str>,
 }
 
 #[derive(Default)]
 struct Clients {
     next_key: u64,
     map: HashMap<u64, Client>,
+    per_owner: HashMap<Arc<str>, usize>,
+}
+
+/// Forgets a client that has left or was cut off: the one place counts go down.
+fn forget(per_owner: &mut HashMap<Arc<str>, usize>, owner: &Arc<str>) {
+    if let Some(count) = per_owner.get_mut(owner) {
+        *count -= 1;
+        if *count == 0 {
+            per_owner.remove(owner);
+        }
+    }
+    crate::metrics::sse_clients(-1.0);
+}
+
+/// How many clients the hub takes.
+#[derive(Debug, Clone, Copy)]
+pub struct HubLimits {
+    /// In all.
+    pub total: usize,
+    /// Per API key.
+    pub per_owner: usize,
+}
+
+/// Why a client was not registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The process serves as many clients as it may.
+    Total,
+    /// The client's API key has as many streams as it may.
+    PerOwner,
 }
 
 /// The registry of SSE clients. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Hub {
     clients: Arc<Mutex<Clients>>,
+    limits: HubLimits,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new(HubLimits {
+            total: usize::MAX,
+            per_owner: usize::MAX,
+        })
+    }
 }
 
 impl Hub {
+    /// A hub that takes at most `limits` clients.
+    #[must_use]
+    pub fn new(limits: HubLimits) -> Self {
+        Self {
+            clients: Arc::default(),
+            limits,
+        }
+    }
+
     /// Registers a client. Events published from now on that pass `filter` arrive on the
     /// subscription, up to `buffer` of them ahead of the reader.
-    #[must_use]
+    ///
+    /// # Errors
+    /// [`Refused`] when a limit is reached.
     pub fn subscribe(
         &self,
         filter: Filter,
         buffer: usize,
         closer: Option<CancellationToken>,
-    ) -> Subscription {
+        owner: Arc<str>,
+    ) -> Result<Subscription, Refused> {
+        let mut guard = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let clients = &mut *guard;
+        if clients.map.len() >= self.limits.total {
+            return Err(Refused::Total);
+        }
+        let owned = clients.per_owner.entry(Arc::clone(&owner)).or_default();
+        if *owned >= self.limits.per_owner {
+            return Err(Refused::PerOwner);
+        }
+        *owned += 1;
+        crate::metrics::sse_clients(1.0);
         let (sender, receiver) = mpsc::channel(buffer.max(1));
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         let key = clients.next_key;
         clients.next_key += 1;
         clients.map.insert(
@@ -82,37 +146,42 @@ impl Hub {
                 filter,
                 sender,
                 closer,
+                owner,
             },
         );
-        Subscription {
+        Ok(Subscription {
             receiver,
             hub: self.clone(),
             key,
-        }
+        })
     }
 
     /// Offers `event` to every client whose filter it passes; disconnects those that
     /// cannot take it.
     pub fn publish(&self, event: &Arc<Event>) {
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        clients.map.retain(|key, client| {
+        let mut guard = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let Clients { map, per_owner, .. } = &mut *guard;
+        map.retain(|key, client| {
             if !client.filter.matches(event.kind, &event.resource_id) {
                 return true;
             }
             match client.sender.try_send(Arc::clone(event)) {
-                Ok(()) => true,
+                Ok(()) => return true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::warn!(
                         client = key,
+                        owner = %client.owner,
                         "event stream client fell behind; disconnecting it"
                     );
+                    crate::metrics::sse_slow_disconnect();
                     if let Some(closer) = &client.closer {
                         closer.cancel();
                     }
-                    false
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
+            forget(per_owner, &client.owner);
+            false
         });
     }
 
@@ -137,12 +206,16 @@ pub struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub
+        let mut guard = self
+            .hub
             .clients
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map
-            .remove(&self.key);
+            .unwrap_or_else(PoisonError::into_inner);
+        let Clients { map, per_owner, .. } = &mut *guard;
+        // Already gone if it was cut off for falling behind.
+        if let Some(client) = map.remove(&self.key) {
+            forget(per_owner, &client.owner);
+        }
     }
 }
 
@@ -177,8 +250,16 @@ mod tests {
     fn a_client_that_falls_behind_is_cut_off_and_others_are_not() {
         let hub = Hub::default();
         let slow_closer = CancellationToken::new();
-        let slow = hub.subscribe(Filter::default(), 2, Some(slow_closer.clone()));
-        let mut fast = hub.subscribe(Filter::default(), 2, None);
+        let owner: Arc<str> = Arc::from("anonymous");
+        let slow = hub
+            .subscribe(
+                Filter::default(),
+                2,
+                Some(slow_closer.clone()),
+                owner.clone(),
+            )
+            .unwrap();
+        let mut fast = hub.subscribe(Filter::default(), 2, None, owner).unwrap();
         for seq in 0..5 {
             hub.publish(&event(seq, EventKind::Locked, "r"));
             assert_eq!(fast.receiver.try_recv().unwrap().id.seq, seq);
@@ -188,5 +269,33 @@ mod tests {
         drop(slow);
         drop(fast);
         assert_eq!(hub.client_count(), 0);
+    }
+
+    #[test]
+    fn limits_hold_in_all_and_per_key_and_free_up_on_leave() {
+        let hub = Hub::new(HubLimits {
+            total: 3,
+            per_owner: 2,
+        });
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let a1 = hub
+            .subscribe(Filter::default(), 1, None, a.clone())
+            .unwrap();
+        let _a2 = hub
+            .subscribe(Filter::default(), 1, None, a.clone())
+            .unwrap();
+        assert_eq!(
+            hub.subscribe(Filter::default(), 1, None, a.clone()).err(),
+            Some(Refused::PerOwner)
+        );
+        let _b1 = hub
+            .subscribe(Filter::default(), 1, None, b.clone())
+            .unwrap();
+        assert_eq!(
+            hub.subscribe(Filter::default(), 1, None, b.clone()).err(),
+            Some(Refused::Total)
+        );
+        drop(a1);
+        assert!(hub.subscribe(Filter::default(), 1, None, a).is_ok());
     }
 }

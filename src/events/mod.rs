@@ -20,7 +20,7 @@ mod waiters;
 use bytes::Bytes;
 use serde::Deserialize;
 
-pub use hub::{Filter, Hub, Subscription};
+pub use hub::{Filter, Hub, HubLimits, Refused, Subscription};
 pub use id::EventId;
 pub use subscriber::run_subscriber;
 pub use waiters::{WaitRegistration, Waiters};

@@ -29,6 +29,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
                 }
                 if announced > 0 {
                     tracing::debug!(announced, "announced expired leases");
+                    crate::metrics::expired(announced);
                 }
                 if announced as usize >= BATCH {
                     Duration::ZERO

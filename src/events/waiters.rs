@@ -5,6 +5,7 @@
 //! someone waits on them, so the map's size is the number of resources being waited on.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
@@ -13,19 +14,33 @@ use tokio::sync::Notify;
 #[derive(Clone, Default)]
 pub struct Waiters {
     map: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    /// Registrations alive now, across all resources.
+    active: Arc<AtomicUsize>,
 }
 
 impl Waiters {
-    /// Registers interest in `resource_id`; dropping the registration withdraws it.
+    /// Registers interest in `resource_id`, unless `limit` requests already wait; dropping
+    /// the registration withdraws it.
     #[must_use]
-    pub fn register(&self, resource_id: &str) -> WaitRegistration {
+    pub fn register(&self, resource_id: &str, limit: usize) -> Option<WaitRegistration> {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.active.load(Ordering::Relaxed) >= limit {
+            return None;
+        }
+        self.active.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::waiters(1.0);
         let notify = map.entry(resource_id.to_owned()).or_default().clone();
-        WaitRegistration {
+        Some(WaitRegistration {
             waiters: self.clone(),
             resource_id: resource_id.to_owned(),
             notify,
-        }
+        })
+    }
+
+    /// How many requests wait now.
+    #[must_use]
+    pub fn waiting(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
     }
 
     /// Wakes every local waiter of `resource_id`.
@@ -82,6 +97,8 @@ impl Drop for WaitRegistration {
         if Arc::strong_count(&self.notify) == 2 {
             map.remove(&self.resource_id);
         }
+        self.waiters.active.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::waiters(-1.0);
     }
 }
 
@@ -92,7 +109,7 @@ mod tests {
     #[tokio::test]
     async fn a_wake_between_attempt_and_sleep_is_not_lost() {
         let waiters = Waiters::default();
-        let registration = waiters.register("r");
+        let registration = waiters.register("r", 10).unwrap();
         let notified = registration.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -106,12 +123,15 @@ mod tests {
     #[test]
     fn entries_go_away_with_their_last_waiter() {
         let waiters = Waiters::default();
-        let first = waiters.register("r");
-        let second = waiters.register("r");
+        let first = waiters.register("r", 2).unwrap();
+        let second = waiters.register("r", 2).unwrap();
+        assert!(waiters.register("other", 2).is_none(), "the limit holds");
         assert_eq!(waiters.resources_waited_on(), 1);
+        assert_eq!(waiters.waiting(), 2);
         drop(first);
         assert_eq!(waiters.resources_waited_on(), 1);
         drop(second);
         assert_eq!(waiters.resources_waited_on(), 0);
+        assert_eq!(waiters.waiting(), 0);
     }
 }

@@ -6,6 +6,7 @@
 //! duplicate at the seam either. Frames are rendered once per event and shared by all
 //! clients. The stream ends at shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -20,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, Problem};
-use crate::events::{Event, EventId, EventKind, Filter, Subscription};
+use crate::events::{Event, EventId, EventKind, Filter, Refused, Subscription};
 use crate::server::ConnectionCloser;
 use crate::store::Store;
 
@@ -30,15 +32,29 @@ use crate::store::Store;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
-    /// Only events of exactly this resource.
-    #[param(example = "file:src/main.py")]
+    /// Only events of exactly this resource. Empty means any.
+    #[param(required = false, value_type = String, example = "file:src/main.py")]
     pub resource_id: Option<String>,
-    /// Only events of resources whose id starts with this.
-    #[param(example = "file:src/")]
+    /// Only events of resources whose id starts with this. Empty means any.
+    #[param(required = false, value_type = String, example = "file:src/")]
     pub prefix: Option<String>,
-    /// Only these event types, comma-separated.
-    #[param(example = "resource.locked,resource.unlocked")]
+    /// Only these event types, comma-separated (`types=resource.locked,resource.unlocked`).
+    /// Empty means all; an unknown type is 400 `invalid_query`.
+    #[param(required = false, value_type = Vec<EventType>, style = Form, explode = false,
+        example = json!(["resource.locked", "resource.unlocked"]))]
     pub types: Option<String>,
+}
+
+/// The `Last-Event-ID` request header, for the OpenAPI document.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "describes the header for OpenAPI only")]
+pub struct ResumeHeader {
+    /// Resume after this event id (the `id` of the last event received). Empty counts as
+    /// absent; anything not shaped like an event id is 400 `invalid_last_event_id`.
+    #[param(required = false, rename = "Last-Event-ID", value_type = String,
+        pattern = "^([0-9]{1,19}-[0-9]{1,19})?$", example = "1764164400123-0")]
+    last_event_id: Option<String>,
 }
 
 /// A lock event, as each SSE `data:` line carries it and as Redis Pub/Sub publishes it.
@@ -54,6 +70,7 @@ pub struct EventsQuery {
 }))]
 pub struct LockEvent {
     /// Ordered, opaque event id; send it back as `Last-Event-ID` to resume.
+    #[schema(pattern = "^[0-9]+-[0-9]+$", example = "1764164400123-0")]
     pub id: String,
     /// `resource.locked`, `resource.refreshed` or `resource.unlocked`.
     #[serde(rename = "type")]
@@ -62,15 +79,19 @@ pub struct LockEvent {
     pub resource_id: String,
     /// The holder whose lease changed.
     pub agent_id: String,
-    /// The fencing token of that lease.
+    /// The fencing token of that lease (below 2^53).
+    #[schema(maximum = 9_007_199_254_740_991_u64)]
     pub fencing_token: u64,
     /// When the change took effect; for an expiry, the lease's end.
     #[schema(format = DateTime)]
     pub at: String,
-    /// `resource.locked`, `resource.refreshed`: when the lease ends.
-    #[schema(format = DateTime)]
+    /// Only in `resource.locked` and `resource.refreshed`: when the lease ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: Option<String>,
-    /// `resource.unlocked`: `released` or `expired`.
+    /// Only in `resource.unlocked`: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = UnlockReason)]
     pub reason: Option<UnlockReason>,
 }
 
@@ -103,13 +124,104 @@ pub enum UnlockReason {
 pub struct StreamGap {
     /// Always `stream.gap`.
     #[serde(rename = "type")]
-    #[schema(example = "stream.gap")]
+    #[schema(schema_with = stream_gap_type)]
     pub gap_type: &'static str,
     /// The `Last-Event-ID` the client sent.
+    #[schema(example = "1764164400123-0")]
     pub requested_id: String,
     /// The oldest event the stream still holds (null when it holds none).
+    #[schema(required = true, example = "1764164500000-0")]
     pub oldest_id: Option<String>,
 }
+
+/// `StreamGap.type`: the one value `stream.gap`.
+fn stream_gap_type() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .description(Some("Always `stream.gap`."))
+        .enum_values(Some(["stream.gap"]))
+        .build()
+}
+
+/// One Server-Sent Event of `GET /events`, as an SSE client parses it from the stream's
+/// `id:`, `event:` and `data:` lines: the schema of the `text/event-stream` response.
+///
+/// `data` holds the event as JSON: a [`LockEvent`] whose `type` is `event`, or a
+/// [`StreamGap`] when `event` is `stream.gap`. Written by hand because utoipa's derive
+/// cannot express `contentSchema`.
+pub struct EventFrame;
+
+impl utoipa::PartialSchema for EventFrame {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Ref, Type};
+        let data = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "The event as one JSON document: a LockEvent, or a StreamGap for \
+                 `event: stream.gap`",
+            ))
+            .content_media_type("application/json")
+            .content_schema(Some(
+                OneOfBuilder::new()
+                    .item(Ref::from_schema_name("LockEvent"))
+                    .item(Ref::from_schema_name("StreamGap")),
+            ));
+        let id = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[0-9]+-[0-9]+$"))
+            .description(Some(
+                "The event id, as in `data`; `stream.gap` has none. Reconnect with the last \
+                 one as `Last-Event-ID`.",
+            ));
+        let event = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some([
+                "resource.locked",
+                "resource.refreshed",
+                "resource.unlocked",
+                "stream.gap",
+            ]))
+            .description(Some("The event type, as in `data.type`"));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "One Server-Sent Event: its `id:`, `event:` and `data:` lines. The stream \
+                 also carries a `retry:` line and keep-alive comments, which are not events.",
+            ))
+            .property("id", id)
+            .property("event", event)
+            .required("event")
+            .property("data", data)
+            .required("data")
+            .examples([serde_json::json!({
+                "id": "1764164400123-0",
+                "event": "resource.locked",
+                "data": "{\"id\":\"1764164400123-0\",\"type\":\"resource.locked\",\
+                    \"resource_id\":\"file:src/main.py\",\"agent_id\":\"agent-feature-dev\",\
+                    \"fencing_token\":1764164400123456,\"at\":\"2026-11-26T13:40:00.123Z\",\
+                    \"expires_at\":\"2026-11-26T13:40:30.123Z\"}"
+            })])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for EventFrame {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        for (name, schema) in [
+            ("LockEvent", <LockEvent as utoipa::PartialSchema>::schema()),
+            ("StreamGap", <StreamGap as utoipa::PartialSchema>::schema()),
+        ] {
+            schemas.push((name.into(), schema));
+        }
+        <LockEvent as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
 
 /// Events replayed from the stream per Redis call.
 const REPLAY_PAGE: usize = 256;
@@ -130,34 +242,51 @@ const KEEPALIVE: &[u8] = b":\n\n";
     tag = "events",
     params(
         EventsQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+        ResumeHeader,
     ),
     responses(
-        (status = 200, description = "The event stream; each `data:` is a LockEvent, or a StreamGap for `event: stream.gap`",
-            content_type = "text/event-stream", body = LockEvent),
-        (status = 400, description = "Unknown event type, unknown parameter, or malformed Last-Event-ID", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable while resuming", body = Problem, content_type = "application/problem+json", headers(
-            ("Retry-After" = u64, description = "Seconds to wait before retrying"),
-        )),
+        (status = 200, description = "The event stream, until the client goes away or the server shuts down. \
+            Each event's `data` is a LockEvent, or a StreamGap for `event: stream.gap`.",
+            content_type = "text/event-stream", body = EventFrame),
+        (status = 400, description = "`invalid_query` (an unknown event type or parameter) or \
+            `invalid_last_event_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`: Redis unavailable while resuming",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 pub async fn stream_events(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     closer: Option<Extension<ConnectionCloser>>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    principal.require(Scope::Read)?;
     let Query(query) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
     let filter = parse_filter(query)?;
     let resume = parse_last_event_id(&headers)?;
 
     // Registered first: whatever is published from here on reaches the client, and what
     // was published before is in the stream.
-    let subscription = state.hub.subscribe(
-        filter.clone(),
-        state.events.client_buffer,
-        closer.map(|Extension(ConnectionCloser(token))| token),
-    );
+    let subscription = state
+        .hub
+        .subscribe(
+            filter.clone(),
+            state.events.client_buffer,
+            closer.map(|Extension(ConnectionCloser(token))| token),
+            Arc::clone(&principal.name),
+        )
+        .map_err(|refused| match refused {
+            Refused::Total => {
+                crate::metrics::rejected("event_client_limit");
+                ApiError::EventClientLimit
+            }
+            Refused::PerOwner => {
+                crate::metrics::rejected("key_event_client_limit");
+                ApiError::KeyEventClientLimit(principal.name.to_string())
+            }
+        })?;
 
     let mut opening = BytesMut::new();
     opening.extend_from_slice(format!("retry: {}\n\n", state.events.retry_ms).as_bytes());
@@ -330,7 +459,9 @@ mod tests {
         let feed = Feed {
             store: Store::new(&settings).unwrap(),
             filter: Filter::default(),
-            subscription: hub.subscribe(Filter::default(), 8, None),
+            subscription: hub
+                .subscribe(Filter::default(), 8, None, Arc::from("test"))
+                .unwrap(),
             opening: None,
             replay_after: None,
             last: None,

@@ -111,10 +111,10 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 
 fn body_error(status: axum::http::StatusCode, text: String) -> ApiError {
     if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge(format!(
-            "the request body is larger than the {} byte limit",
-            super::BODY_LIMIT_BYTES
-        ))
+        crate::metrics::rejected("body_too_large");
+        ApiError::PayloadTooLarge(
+            "the request body is larger than this server accepts (server.max_body_bytes)".into(),
+        )
     } else {
         ApiError::MalformedJson(text)
     }

@@ -15,11 +15,16 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::{IntoParams, ToSchema};
 
+use std::sync::Arc;
+
+use axum::Extension;
+
 use super::AppState;
 use super::extract::{ApiJson, LOCK_TOKEN, LockTokenHeader, OptionalApiJson, ResourcePath};
-use crate::domain::{AgentId, LockToken, ResourceId};
+use crate::auth::{Principal, Scope};
+use crate::domain::{AgentId, IdempotencyKey, LockToken, ResourceId};
 use crate::error::{ApiError, Problem};
-use crate::store::{Acquired, Held, Lease, Owned};
+use crate::store::{Acquired, Held, Lease, Owned, Releaser};
 use crate::time::UnixMillis;
 
 /// Body of `POST /locks/{resource_id}`.
@@ -27,13 +32,22 @@ use crate::time::UnixMillis;
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"agent_id": "agent-feature-dev", "ttl_ms": 30000, "wait_ms": 5000}))]
 pub struct AcquireRequest {
-    /// Who is acquiring: 1 to 128 bytes, no control characters.
+    /// Who is acquiring: 1 to 128 bytes of UTF-8, no control characters. (`maxLength`
+    /// counts characters; the limit is in bytes, so fewer non-ASCII characters fit.)
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]+$",
+        example = "agent-feature-dev"
+    )]
     pub agent_id: String,
-    /// Lease length in ms, 1 to `locks.max_ttl_ms`; default `locks.default_ttl_ms`.
-    #[schema(minimum = 1)]
+    /// Lease length in ms, 1 to `locks.max_ttl_ms` (the maximum shown is the default
+    /// setting); default `locks.default_ttl_ms` (30000). Null means the default.
+    #[schema(minimum = 1, maximum = 3_600_000, example = 30000)]
     pub ttl_ms: Option<u64>,
-    /// How long the server may wait for a busy lock, 0 to `locks.max_wait_ms`; default 0.
-    #[schema(minimum = 0)]
+    /// How long the server may wait for a busy lock, 0 to `locks.max_wait_ms` (the maximum
+    /// shown is the default setting); default 0, do not wait. Null means the default.
+    #[schema(minimum = 0, maximum = 60_000, example = 5000)]
     pub wait_ms: Option<u64>,
 }
 
@@ -42,8 +56,9 @@ pub struct AcquireRequest {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"ttl_ms": 60000}))]
 pub struct RefreshRequest {
-    /// New lease length in ms from now; default: the lease's original length.
-    #[schema(minimum = 1)]
+    /// New lease length in ms from now, 1 to `locks.max_ttl_ms` (the maximum shown is the
+    /// default setting); default (or null): the lease's original length.
+    #[schema(minimum = 1, maximum = 3_600_000, example = 60000)]
     pub ttl_ms: Option<u64>,
 }
 
@@ -63,12 +78,17 @@ pub struct LockGrant {
     pub resource_id: String,
     /// The holder.
     pub agent_id: String,
-    /// The secret that releases and refreshes this lease. Treat it as an opaque string.
+    /// The secret that releases and refreshes this lease, sent back in the `Lock-Token`
+    /// header. Treat it as an opaque string; never log or share it.
+    #[schema(example = "6f1c1d1e-8a43-4d5f-9a8e-0c2b5d4e7f10")]
     pub token: String,
     /// Strictly greater than every fencing token issued earlier for this resource:
-    /// pass it to the protected storage, which rejects older ones.
+    /// pass it to the protected storage, which rejects older ones. Below 2^53, so every
+    /// JSON parser reads it exactly.
+    #[schema(maximum = 9_007_199_254_740_991_u64)]
     pub fencing_token: u64,
     /// Lease length in ms set by this request.
+    #[schema(minimum = 1)]
     pub ttl_ms: u64,
     /// When the lock was acquired (Redis's clock).
     #[schema(value_type = String, format = DateTime)]
@@ -108,22 +128,25 @@ pub struct LockStatus {
     pub resource_id: String,
     /// Whether an unexpired lease holds it.
     pub locked: bool,
-    /// The holder (when locked).
+    /// The holder. Present only when locked, like the fields below.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     pub agent_id: Option<String>,
-    /// The holder's fencing token (when locked).
+    /// The holder's fencing token (below 2^53).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = u64, maximum = 9_007_199_254_740_991_u64)]
     pub fencing_token: Option<u64>,
-    /// When the lock was acquired (when locked).
+    /// When the lock was acquired (Redis's clock).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, format = DateTime)]
+    #[schema(value_type = String, format = DateTime)]
     pub acquired_at: Option<UnixMillis>,
-    /// When the lease ends (when locked).
+    /// When the lease ends unless refreshed (Redis's clock).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, format = DateTime)]
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: Option<UnixMillis>,
-    /// Milliseconds left on the lease (when locked).
+    /// Milliseconds left on the lease.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = u64)]
     pub ttl_remaining_ms: Option<u64>,
 }
 
@@ -146,13 +169,17 @@ impl LockStatus {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only locks whose resource id starts with this.
-    #[param(example = "file:src/")]
+    /// Only locks whose resource id starts with this: at most 512 bytes of UTF-8, no
+    /// control characters. Empty means all.
+    #[param(required = false, value_type = String, max_length = 512, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$",
+        example = "file:src/")]
     pub prefix: Option<String>,
     /// Page size, 1 to 1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
+    #[param(required = false, value_type = u32, minimum = 1, maximum = 1000, example = 100)]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page, as it was returned (opaque). Empty means the
+    /// first page.
+    #[param(required = false, value_type = String, max_length = 1024, pattern = "^([0-9A-Fa-f]{2})*$")]
     pub cursor: Option<String>,
 }
 
@@ -162,6 +189,7 @@ pub struct LockList {
     /// Locks held now, in resource-id byte order.
     pub locks: Vec<LockStatus>,
     /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true, example = "66696c653a7372632f6d61696e2e7079")]
     pub next_cursor: Option<String>,
 }
 
@@ -174,9 +202,15 @@ const MAX_PAGE: u32 = 1000;
 #[into_params(parameter_in = Path)]
 #[expect(dead_code, reason = "describes the path parameter for OpenAPI only")]
 pub struct ResourceIdParam {
-    /// The resource: 1 to 512 bytes of UTF-8 without control characters. Slashes may be
-    /// sent raw or as `%2F`; both name the same resource.
-    #[param(example = "file:src/main.py")]
+    /// The resource: 1 to 512 bytes of UTF-8 after percent-decoding, no control
+    /// characters. Slashes may be sent raw or as `%2F`; both name the same resource.
+    /// (`maxLength` counts characters; the limit is in bytes.)
+    #[param(
+        min_length = 1,
+        max_length = 512,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]+$",
+        example = "file:src/main.py"
+    )]
     resource_id: String,
 }
 
@@ -185,9 +219,12 @@ pub struct ResourceIdParam {
 #[into_params(parameter_in = Header)]
 #[expect(dead_code, reason = "describes the header for OpenAPI only")]
 pub struct LockTokenParam {
-    /// The `token` that acquire returned.
+    /// The `token` that acquire returned. Clients pass it back as they got it; the
+    /// pattern is the shape lockd issues (a hyphenated UUID), and anything else is 400
+    /// `invalid_lock_token`.
     #[param(
         rename = "Lock-Token",
+        pattern = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$",
         example = "6f1c1d1e-8a43-4d5f-9a8e-0c2b5d4e7f10"
     )]
     lock_token: String,
@@ -208,29 +245,65 @@ pub struct LockTokenParam {
     params(ResourceIdParam),
     request_body(content = AcquireRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "Acquired", body = LockGrant, headers(
-            ("Location" = String, description = "The lock's URL"),
-            ("Lock-Token" = String, description = "The lock token, as in the body"),
-        )),
-        (status = 400, description = "Invalid resource id or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Held by someone else after `wait_ms`", body = Problem, content_type = "application/problem+json", headers(
-            ("Retry-After" = u64, description = "Whole seconds until the current lease ends"),
-        )),
-        (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Wrong types, unknown fields or out-of-range values", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable or server shutting down; outcome unknown", body = Problem, content_type = "application/problem+json", headers(
-            ("Retry-After" = u64, description = "Seconds to wait before retrying"),
-        )),
+        (status = 201, description = "Acquired. The token is in the body and in `Lock-Token`.",
+            body = LockGrant,
+            headers(
+                ("Location" = String, description = "The lock's URL, `/locks/{resource_id}`"),
+                ("Lock-Token" = String, description = "The lock token, as in the body"),
+            ),
+            links(
+                ("get_lock" = (operation_id = "get_lock",
+                    parameters(("resource_id" = "$request.path.resource_id")),
+                    description = "Status of the lock just acquired")),
+                ("refresh_lock" = (operation_id = "refresh_lock",
+                    parameters(("resource_id" = "$request.path.resource_id"),
+                        ("Lock-Token" = "$response.header.Lock-Token")),
+                    description = "Extend the lease just granted")),
+                ("release_lock" = (operation_id = "release_lock",
+                    parameters(("resource_id" = "$request.path.resource_id"),
+                        ("Lock-Token" = "$response.header.Lock-Token")),
+                    description = "Release the lock just acquired")),
+            )),
+        (status = 400, description = "`invalid_resource_id`, or `malformed_json` (the body is not JSON)",
+            body = Problem, content_type = "application/problem+json", example = examples::invalid_resource_id),
+        (status = 409, description = "`lock_held`: still held after `wait_ms` (by anyone, the caller included)",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Whole seconds until the current lease ends, at least 1")), example = examples::lock_held),
+        (status = 413, description = "`payload_too_large`: a body over 16 KiB",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`: the body is not sent as `application/json`",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_body`, `invalid_agent_id`, `invalid_ttl_ms` or `invalid_wait_ms`: \
+            wrong types, missing or unknown fields, or out-of-range values",
+            body = Problem, content_type = "application/problem+json", example = examples::invalid_ttl_ms),
+        (status = 503, description = "`store_unavailable` (Redis unavailable: the outcome is unknown) or \
+            `shutting_down` (the server stopped while the request waited)",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying")), example = examples::store_unavailable),
     )
 )]
 pub async fn acquire_lock(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     ResourcePath(resource_id): ResourcePath,
+    request_headers: HeaderMap,
     ApiJson(request): ApiJson<AcquireRequest>,
 ) -> Result<(StatusCode, HeaderMap, Json<LockGrant>), ApiError> {
+    principal.require(Scope::Lock)?;
     let limits = &state.locks;
     let agent = AgentId::parse(request.agent_id).map_err(ApiError::InvalidAgentId)?;
+    principal.may_act_as(agent.as_str())?;
+    let idempotency = request_headers
+        .get("idempotency-key")
+        .map(|value| {
+            let text = value.to_str().map_err(|_| {
+                ApiError::InvalidIdempotencyKey(
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+                )
+            })?;
+            IdempotencyKey::parse(text).map_err(ApiError::InvalidIdempotencyKey)
+        })
+        .transpose()?;
     let ttl_ms = request.ttl_ms.unwrap_or(limits.default_ttl_ms);
     if !(1..=limits.max_ttl_ms).contains(&ttl_ms) {
         return Err(ApiError::InvalidTtl {
@@ -247,26 +320,49 @@ pub async fn acquire_lock(
     }
 
     let token = LockToken::generate();
-    let lease = if wait_ms == 0 {
-        match state
+    let outcome = if wait_ms == 0 {
+        let outcome = state
             .store
-            .acquire(&resource_id, &agent, &token, ttl_ms)
-            .await?
-        {
-            Acquired::Granted(lease) => lease,
-            Acquired::Held(holder) => {
-                return Err(ApiError::LockHeld {
-                    resource_id: resource_id.to_string(),
-                    holder,
-                });
-            }
+            .acquire(&resource_id, &agent, &token, ttl_ms, idempotency.as_ref())
+            .await?;
+        if let Acquired::Held(holder) = outcome {
+            crate::metrics::contended();
+            return Err(ApiError::LockHeld {
+                resource_id: resource_id.to_string(),
+                holder,
+            });
         }
+        if matches!(outcome, Acquired::Granted(_)) {
+            crate::metrics::granted(None);
+        }
+        outcome
     } else {
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
-        acquire_waiting(&state, &resource_id, &agent, &token, ttl_ms, deadline).await?
+        acquire_waiting(
+            &state,
+            &resource_id,
+            &agent,
+            &token,
+            ttl_ms,
+            idempotency.as_ref(),
+            deadline,
+        )
+        .await?
     };
 
     let mut headers = HeaderMap::new();
+    let (lease, token) = match outcome {
+        Acquired::Granted(lease) => (lease, token),
+        Acquired::Replayed(lease, token) => {
+            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+            (lease, token)
+        }
+        Acquired::Held(_) => {
+            return Err(ApiError::Internal(
+                "acquire reported a held lock after handling it".into(),
+            ));
+        }
+    };
     headers.insert(header::LOCATION, lock_location(&resource_id));
     headers.insert(
         HeaderName::from_static(LOCK_TOKEN),
@@ -280,15 +376,26 @@ pub async fn acquire_lock(
 /// released (an event wakes us), its lease ends (a timer), or the deadline passes.
 /// If the client goes away, hyper drops this future and the wait ends with it: no
 /// attempt is made after that, so a gone client acquires nothing.
+///
+/// Returns a grant or a replayed grant, never `Held`: a lock still held at the deadline
+/// is a `lock_held` error.
 async fn acquire_waiting(
     state: &AppState,
     resource_id: &ResourceId,
     agent: &AgentId,
     token: &LockToken,
     ttl_ms: u64,
+    idempotency: Option<&IdempotencyKey>,
     deadline: Instant,
-) -> Result<Lease, ApiError> {
-    let registration = state.waiters.register(resource_id.as_str());
+) -> Result<Acquired, ApiError> {
+    let started = Instant::now();
+    let registration = state
+        .waiters
+        .register(resource_id.as_str(), state.locks.max_waiters)
+        .ok_or_else(|| {
+            crate::metrics::rejected("waiter_limit");
+            ApiError::WaiterLimit
+        })?;
     loop {
         // Enabled before the attempt, so a release between the attempt and the sleep
         // still wakes us.
@@ -298,14 +405,19 @@ async fn acquire_waiting(
 
         let holder = match state
             .store
-            .acquire(resource_id, agent, token, ttl_ms)
+            .acquire(resource_id, agent, token, ttl_ms, idempotency)
             .await?
         {
-            Acquired::Granted(lease) => return Ok(lease),
             Acquired::Held(holder) => holder,
+            granted @ Acquired::Granted(_) => {
+                crate::metrics::granted(Some(started.elapsed()));
+                return Ok(granted);
+            }
+            replayed @ Acquired::Replayed(..) => return Ok(replayed),
         };
         let now = Instant::now();
         if now >= deadline {
+            crate::metrics::contended();
             return Err(ApiError::LockHeld {
                 resource_id: resource_id.to_string(),
                 holder,
@@ -321,6 +433,16 @@ async fn acquire_waiting(
     }
 }
 
+/// Query of `DELETE /locks/{resource_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReleaseQuery {
+    /// `true`: release whoever holds the lock, without its token (needs the `admin`
+    /// scope). The `resource.unlocked` event then says `reason: "forced"`.
+    pub force: Option<bool>,
+}
+
 /// Release a lock.
 ///
 /// Ends the lease held under the `Lock-Token` header and emits `resource.unlocked`.
@@ -331,28 +453,60 @@ async fn acquire_waiting(
     tag = "locks",
     params(ResourceIdParam, LockTokenParam),
     responses(
-        (status = 204, description = "Released"),
-        (status = 400, description = "Invalid resource id, missing or malformed Lock-Token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Nothing holds the lock", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Held under another token", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; outcome unknown", body = Problem, content_type = "application/problem+json", headers(
-            ("Retry-After" = u64, description = "Seconds to wait before retrying"),
-        )),
+        (status = 204, description = "Released; `resource.unlocked` went out"),
+        (status = 400, description = "`invalid_resource_id`, `missing_lock_token` or `invalid_lock_token`",
+            body = Problem, content_type = "application/problem+json", example = examples::invalid_lock_token),
+        (status = 404, description = "`lock_not_found`: nothing holds the lock (it expired or was never taken)",
+            body = Problem, content_type = "application/problem+json", example = examples::lock_not_found),
+        (status = 409, description = "`not_lock_owner`: held under another token; nothing changed",
+            body = Problem, content_type = "application/problem+json", example = examples::not_lock_owner),
+        (status = 503, description = "`store_unavailable`: Redis unavailable; the outcome is unknown",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying")), example = examples::store_unavailable),
     )
 )]
 pub async fn release_lock(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     ResourcePath(resource_id): ResourcePath,
-    LockTokenHeader(token): LockTokenHeader,
+    query: Result<Query<ReleaseQuery>, QueryRejection>,
+    token: Result<LockTokenHeader, ApiError>,
 ) -> Result<StatusCode, ApiError> {
-    match state.store.release(&resource_id, &token).await? {
-        Owned::Done(()) => Ok(StatusCode::NO_CONTENT),
+    let Query(query) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
+    let force = query.force.unwrap_or(false);
+    let token = if force {
+        principal.require(Scope::Admin)?;
+        None
+    } else {
+        principal.require(Scope::Lock)?;
+        Some(token?.0)
+    };
+    let releaser = match &token {
+        Some(token) => Releaser::Holder(token, &principal.agents),
+        None => Releaser::Force,
+    };
+    match state.store.release(&resource_id, releaser).await? {
+        Owned::Done(()) => {
+            crate::metrics::released(if force { "forced" } else { "released" });
+            Ok(StatusCode::NO_CONTENT)
+        }
         Owned::NotFound => Err(ApiError::LockNotFound(resource_id.to_string())),
         Owned::NotOwner(holder) => Err(ApiError::NotLockOwner {
             resource_id: resource_id.to_string(),
             holder,
         }),
+        Owned::Forbidden(agent) => Err(forbidden_agent(&principal, &agent)),
     }
+}
+
+/// The 403 for a lock held by an agent the caller's key does not cover.
+fn forbidden_agent(principal: &Principal, agent: &str) -> ApiError {
+    principal.may_act_as(agent).err().unwrap_or_else(|| {
+        ApiError::Forbidden(format!(
+            "API key {} may not act as agent {agent}",
+            principal.name
+        ))
+    })
 }
 
 /// Refresh a lock.
@@ -365,26 +519,36 @@ pub async fn release_lock(
     path = "/locks/{resource_id}",
     tag = "locks",
     params(ResourceIdParam, LockTokenParam),
-    request_body(content = Option<RefreshRequest>, content_type = "application/json"),
+    request_body(content = RefreshRequest, content_type = "application/json",
+        description = "Optional: without a body (and without `Content-Type`) the lease gets its original length"),
     responses(
-        (status = 200, description = "Refreshed", body = LockGrant),
-        (status = 400, description = "Invalid resource id, Lock-Token or JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Nothing holds the lock", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Held under another token", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Wrong types, unknown fields or out-of-range values", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; outcome unknown", body = Problem, content_type = "application/problem+json", headers(
-            ("Retry-After" = u64, description = "Seconds to wait before retrying"),
-        )),
+        (status = 200, description = "Refreshed: same `token` and `fencing_token`, new `expires_at`",
+            body = LockGrant),
+        (status = 400, description = "`invalid_resource_id`, `missing_lock_token`, `invalid_lock_token` or `malformed_json`",
+            body = Problem, content_type = "application/problem+json", example = examples::invalid_lock_token),
+        (status = 404, description = "`lock_not_found`: nothing holds the lock; an expired lease is never revived",
+            body = Problem, content_type = "application/problem+json", example = examples::lock_not_found),
+        (status = 409, description = "`not_lock_owner`: held under another token; nothing changed",
+            body = Problem, content_type = "application/problem+json", example = examples::not_lock_owner),
+        (status = 413, description = "`payload_too_large`: a body over 16 KiB",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`: a body without `Content-Type: application/json`",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_body` or `invalid_ttl_ms`: wrong types, unknown fields or out-of-range values",
+            body = Problem, content_type = "application/problem+json", example = examples::invalid_ttl_ms),
+        (status = 503, description = "`store_unavailable`: Redis unavailable; the outcome is unknown",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying")), example = examples::store_unavailable),
     )
 )]
 pub async fn refresh_lock(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     ResourcePath(resource_id): ResourcePath,
     LockTokenHeader(token): LockTokenHeader,
     OptionalApiJson(request): OptionalApiJson<RefreshRequest>,
 ) -> Result<Json<LockGrant>, ApiError> {
+    principal.require(Scope::Lock)?;
     let ttl_ms = request.and_then(|r| r.ttl_ms);
     if let Some(ttl_ms) = ttl_ms {
         let max = state.locks.max_ttl_ms;
@@ -392,13 +556,21 @@ pub async fn refresh_lock(
             return Err(ApiError::InvalidTtl { got: ttl_ms, max });
         }
     }
-    match state.store.refresh(&resource_id, &token, ttl_ms).await? {
-        Owned::Done(lease) => Ok(Json(LockGrant::new(&resource_id, &token, lease))),
+    match state
+        .store
+        .refresh(&resource_id, &token, ttl_ms, &principal.agents)
+        .await?
+    {
+        Owned::Done(lease) => {
+            crate::metrics::refreshed();
+            Ok(Json(LockGrant::new(&resource_id, &token, lease)))
+        }
         Owned::NotFound => Err(ApiError::LockNotFound(resource_id.to_string())),
         Owned::NotOwner(holder) => Err(ApiError::NotLockOwner {
             resource_id: resource_id.to_string(),
             holder,
         }),
+        Owned::Forbidden(agent) => Err(forbidden_agent(&principal, &agent)),
     }
 }
 
@@ -412,17 +584,21 @@ pub async fn refresh_lock(
     tag = "locks",
     params(ResourceIdParam),
     responses(
-        (status = 200, description = "The lock's status", body = LockStatus),
-        (status = 400, description = "Invalid resource id", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json", headers(
-            ("Retry-After" = u64, description = "Seconds to wait before retrying"),
-        )),
+        (status = 200, description = "The lock's status: `{resource_id, locked: false}` when free",
+            body = LockStatus),
+        (status = 400, description = "`invalid_resource_id`",
+            body = Problem, content_type = "application/problem+json", example = examples::invalid_resource_id),
+        (status = 503, description = "`store_unavailable`: Redis unavailable",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying")), example = examples::store_unavailable),
     )
 )]
 pub async fn get_lock(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     ResourcePath(resource_id): ResourcePath,
 ) -> Result<Json<LockStatus>, ApiError> {
+    principal.require(Scope::Read)?;
     let held = state.store.status(&resource_id).await?;
     let resource_id = resource_id.to_string();
     Ok(Json(match held {
@@ -451,16 +627,20 @@ pub async fn get_lock(
     params(ListQuery),
     responses(
         (status = 200, description = "A page of held locks", body = LockList),
-        (status = 400, description = "A malformed or out-of-range query parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json", headers(
-            ("Retry-After" = u64, description = "Seconds to wait before retrying"),
-        )),
+        (status = 400, description = "`invalid_query`: an unknown, malformed or out-of-range query parameter, \
+            or a cursor that `GET /locks` did not return",
+            body = Problem, content_type = "application/problem+json", example = examples::invalid_query),
+        (status = 503, description = "`store_unavailable`: Redis unavailable",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying")), example = examples::store_unavailable),
     )
 )]
 pub async fn list_locks(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<LockList>, ApiError> {
+    principal.require(Scope::Read)?;
     let Query(query) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -532,6 +712,78 @@ fn lock_location(resource_id: &ResourceId) -> HeaderValue {
     }
     // Only visible ASCII remains, which is always a valid header value.
     HeaderValue::try_from(location).unwrap_or_else(|_| HeaderValue::from_static("/locks/"))
+}
+
+/// Example problem documents for the OpenAPI document, made by the errors themselves so
+/// they cannot drift from what lockd sends.
+mod examples {
+    use serde_json::Value;
+
+    use crate::error::{ApiError, Holder};
+    use crate::time::UnixMillis;
+
+    const RESOURCE: &str = "file:src/main.py";
+
+    fn problem(error: &ApiError) -> Value {
+        serde_json::to_value(error.to_problem()).unwrap_or_default()
+    }
+
+    fn holder() -> Holder {
+        Holder {
+            agent_id: "agent-feature-dev".into(),
+            expires_at: UnixMillis(1_795_705_635_399),
+            remaining_ms: 29_417,
+        }
+    }
+
+    pub(super) fn invalid_resource_id() -> Value {
+        problem(&ApiError::InvalidResourceId(
+            "resource id must not contain control characters (found U+0007)".into(),
+        ))
+    }
+
+    pub(super) fn invalid_lock_token() -> Value {
+        problem(&ApiError::InvalidLockToken(
+            "Lock-Token must be the token returned by acquire (a UUID)".into(),
+        ))
+    }
+
+    pub(super) fn invalid_query() -> Value {
+        problem(&ApiError::InvalidQuery(
+            "limit must be between 1 and 1000 (got 0)".into(),
+        ))
+    }
+
+    pub(super) fn invalid_ttl_ms() -> Value {
+        problem(&ApiError::InvalidTtl {
+            got: 0,
+            max: 3_600_000,
+        })
+    }
+
+    pub(super) fn lock_held() -> Value {
+        problem(&ApiError::LockHeld {
+            resource_id: RESOURCE.into(),
+            holder: holder(),
+        })
+    }
+
+    pub(super) fn lock_not_found() -> Value {
+        problem(&ApiError::LockNotFound(RESOURCE.into()))
+    }
+
+    pub(super) fn not_lock_owner() -> Value {
+        problem(&ApiError::NotLockOwner {
+            resource_id: RESOURCE.into(),
+            holder: holder(),
+        })
+    }
+
+    pub(super) fn store_unavailable() -> Value {
+        problem(&ApiError::StoreUnavailable(
+            crate::store::StoreError::Pool("example".into()),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The HTTP surface: every route in one place, then the middleware stack in one order.
 
+mod docs;
 pub mod events;
 mod extract;
 pub mod health;
@@ -20,15 +21,16 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use axum::extract::MatchedPath;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::{self, Authenticator};
 use crate::config::{EventSettings, LockSettings, Settings};
 use crate::error::ApiError;
 use crate::events::{Hub, Waiters};
 use crate::store::Store;
 
 pub use extract::LOCK_TOKEN;
-
-/// Largest request body accepted, in bytes.
-pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -45,6 +47,8 @@ pub struct AppState {
     pub events: EventSettings,
     /// Fires at shutdown; long waits end with it.
     pub shutdown: CancellationToken,
+    /// Renders `GET /metrics`.
+    pub metrics: PrometheusHandle,
 }
 
 /// How long requests may take.
@@ -55,7 +59,7 @@ struct Timeouts {
 }
 
 /// Builds the application: routes, fallbacks and middleware.
-pub fn router(state: AppState, settings: &Settings) -> Router {
+pub fn router(state: AppState, settings: &Settings, authenticator: Authenticator) -> Router {
     let timeouts = Timeouts {
         request: settings.server.request_timeout(),
         acquire: settings.server.request_timeout()
@@ -76,12 +80,17 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         .route("/events", get(events::stream_events))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::get_metrics))
         .route(
             "/openapi.json",
             get(
                 move || async move { ([(header::CONTENT_TYPE, "application/json")], openapi_json) },
             ),
         )
+        .route("/docs", get(docs::docs_redirect))
+        .route("/docs/", get(docs::docs_index))
+        .route("/docs/{*path}", get(docs::docs_asset))
+        .route_layer(middleware::from_fn(record_metrics))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
@@ -114,7 +123,11 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(CatchPanicLayer::custom(panic_response))
             .layer(middleware::from_fn_with_state(timeouts, request_timeout))
-            .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES)),
+            .layer(middleware::from_fn_with_state(
+                authenticator,
+                auth::authenticate,
+            ))
+            .layer(DefaultBodyLimit::max(settings.server.max_body_bytes)),
     )
 }
 
@@ -135,6 +148,24 @@ async fn request_timeout(
         Err(_) => ApiError::RequestTimeout(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX))
             .into_response(),
     }
+}
+
+/// Counts and times each routed request by its route template.
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    crate::metrics::request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 async fn route_not_found(request: Request) -> ApiError {

@@ -26,7 +26,7 @@ use deadpool_redis::redis::{self, Script, Value};
 use deadpool_redis::{Pool, Runtime};
 
 use crate::config::{RedisSettings, Settings};
-use crate::domain::{AgentId, LockToken, ResourceId};
+use crate::domain::{AgentId, AgentPattern, IdempotencyKey, LockToken, ResourceId};
 use crate::error::Holder;
 use crate::events::EventId;
 use crate::time::UnixMillis;
@@ -49,6 +49,19 @@ pub enum StoreError {
     Protocol(String),
 }
 
+impl StoreError {
+    /// A short label for metrics.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Pool(_) => "pool",
+            Self::Redis(_) => "redis",
+            Self::Timeout(_) => "timeout",
+            Self::Protocol(_) => "protocol",
+        }
+    }
+}
+
 /// A granted lease, as acquire and refresh report it.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -69,6 +82,8 @@ pub struct Lease {
 pub enum Acquired {
     /// The lock is ours.
     Granted(Lease),
+    /// A retry with the same Idempotency-Key: the grant already made, with its token.
+    Replayed(Lease, LockToken),
     /// Someone holds it.
     Held(Holder),
 }
@@ -82,6 +97,17 @@ pub enum Owned<T> {
     NotFound,
     /// Another token holds it; nothing changed.
     NotOwner(Holder),
+    /// The caller's API key may not act for the holder (this agent); nothing changed.
+    Forbidden(String),
+}
+
+/// Who releases a lock.
+#[derive(Debug, Clone, Copy)]
+pub enum Releaser<'a> {
+    /// Its holder, by token, acting through a key that covers these agents.
+    Holder(&'a LockToken, &'a AgentPattern),
+    /// An administrator, whoever holds it.
+    Force,
 }
 
 /// Who holds a lock now.
@@ -255,8 +281,12 @@ impl Store {
         agent: &AgentId,
         token: &LockToken,
         ttl_ms: u64,
+        idempotency: Option<&IdempotencyKey>,
     ) -> Result<Acquired, StoreError> {
         let inner = &self.inner;
+        let (idempotency_digest, sealed) = idempotency
+            .map(|key| (key.digest(id, agent), key.seal(token, id, agent)))
+            .unwrap_or_default();
         let mut invocation = inner.scripts.acquire.prepare_invoke();
         invocation
             .key(self.lock_key(id))
@@ -271,22 +301,35 @@ impl Store {
             .arg(id.as_str())
             .arg(&inner.channel)
             .arg(&inner.history)
-            .arg(&inner.fence_retention_ms);
+            .arg(&inner.fence_retention_ms)
+            .arg(idempotency_digest)
+            .arg(sealed);
         let reply = Reply::new(self.run(invocation).await?)?;
-        if reply.int(0)? == 1 {
-            Ok(Acquired::Granted(Lease {
+        let lease = |ttl_ms| -> Result<Lease, StoreError> {
+            Ok(Lease {
                 agent_id: agent.as_str().to_owned(),
                 fencing_token: reply.uint(1)?,
                 ttl_ms,
                 acquired_at: UnixMillis(reply.int(2)?),
                 expires_at: UnixMillis(reply.int(3)?),
-            }))
-        } else {
-            Ok(Acquired::Held(Holder {
+            })
+        };
+        match (reply.int(0)?, idempotency) {
+            (1, _) => Ok(Acquired::Granted(lease(ttl_ms)?)),
+            (2, Some(key)) => {
+                let token = key
+                    .unseal(&reply.string(4)?, id, agent)
+                    .map_err(StoreError::Protocol)?;
+                Ok(Acquired::Replayed(lease(reply.uint(5)?)?, token))
+            }
+            (0, _) => Ok(Acquired::Held(Holder {
                 agent_id: reply.string(1)?,
                 expires_at: UnixMillis(reply.int(2)?),
                 remaining_ms: reply.uint(3)?,
-            }))
+            })),
+            (other, _) => Err(StoreError::Protocol(format!(
+                "unknown acquire outcome {other}"
+            ))),
         }
     }
 
@@ -299,6 +342,7 @@ impl Store {
         id: &ResourceId,
         token: &LockToken,
         ttl_ms: Option<u64>,
+        agents: &AgentPattern,
     ) -> Result<Owned<Lease>, StoreError> {
         let inner = &self.inner;
         let mut invocation = inner.scripts.refresh.prepare_invoke();
@@ -314,7 +358,8 @@ impl Store {
             .arg(id.as_str())
             .arg(&inner.channel)
             .arg(&inner.history)
-            .arg(&inner.fence_retention_ms);
+            .arg(&inner.fence_retention_ms)
+            .arg(agents.to_lua());
         let reply = Reply::new(self.run(invocation).await?)?;
         reply.owned(|reply| {
             Ok(Lease {
@@ -327,16 +372,20 @@ impl Store {
         })
     }
 
-    /// Ends `token`'s lease.
+    /// Ends the lease: the holder's, by token, or whoever's when forced.
     ///
     /// # Errors
     /// [`StoreError`] when Redis is unreachable.
     pub async fn release(
         &self,
         id: &ResourceId,
-        token: &LockToken,
+        releaser: Releaser<'_>,
     ) -> Result<Owned<()>, StoreError> {
         let inner = &self.inner;
+        let (token_digest, agents) = match releaser {
+            Releaser::Holder(token, agents) => (token.digest(), agents.to_lua()),
+            Releaser::Force => (String::new(), String::new()),
+        };
         let mut invocation = inner.scripts.release.prepare_invoke();
         invocation
             .key(self.lock_key(id))
@@ -344,10 +393,11 @@ impl Store {
             .key(&inner.expiry_key)
             .key(&inner.held_key)
             .key(&inner.leases_key)
-            .arg(token.digest())
+            .arg(token_digest)
             .arg(id.as_str())
             .arg(&inner.channel)
-            .arg(&inner.history);
+            .arg(&inner.history)
+            .arg(agents);
         let reply = Reply::new(self.run(invocation).await?)?;
         reply.owned(|_| Ok(()))
     }
@@ -626,7 +676,8 @@ impl Reply {
         }
     }
 
-    /// Decodes the `{1, ...} | {-1} | {-2, agent, expires}` shape of release and refresh.
+    /// Decodes the `{1, ...} | {-1} | {-2, agent, expires} | {-3, agent}` shape of release
+    /// and refresh.
     fn owned<T>(
         self,
         done: impl FnOnce(&Self) -> Result<T, StoreError>,
@@ -642,6 +693,7 @@ impl Reply {
                     remaining_ms: 0,
                 }))
             }
+            -3 => Ok(Owned::Forbidden(self.string(1)?)),
             other => Err(StoreError::Protocol(format!("unknown outcome {other}"))),
         }
     }

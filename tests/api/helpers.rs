@@ -322,6 +322,25 @@ impl Drop for TestApp {
     }
 }
 
+/// Waits until `app`'s process has its Pub/Sub subscription to the event channel.
+pub async fn until_subscribed(redis: &RedisServer, app: &TestApp) {
+    let channel = format!("{}events", app.settings.redis.key_prefix);
+    let conn = redis.connection().await;
+    eventually(Duration::from_secs(10), "lockd to subscribe to events", || {
+        let (mut conn, channel) = (conn.clone(), channel.clone());
+        async move {
+            let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .expect("PUBSUB NUMSUB");
+            counts.first().is_some_and(|(_, n)| *n >= 1)
+        }
+    })
+    .await;
+}
+
 /// An open `GET /events` stream, read as a real SSE client reads it.
 pub struct EventStream {
     events: std::pin::Pin<Box<dyn futures_util::Stream<Item = eventsource_stream::Event> + Send>>,

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod access;
 mod errors;
 mod events;
 mod faults;

@@ -519,6 +519,7 @@ async fn clients_miss_nothing_when_the_subscription_drops() {
     let app = TestApp::spawn(&redis).await;
     let mut stream = EventStream::open(&app, "", None).await;
     let mut conn = redis.connection().await;
+    crate::helpers::until_subscribed(&redis, &app).await;
 
     // Cut lockd's subscription and change locks before it can subscribe again: those
     // events reach the client through the gap fill from the stream.

@@ -13,8 +13,12 @@
 -- ARGV[5]  event channel
 -- ARGV[6]  approximate stream length to keep
 -- ARGV[7]  how long the fencing counter outlives the lease, in ms
+-- ARGV[8]  digest of the request's Idempotency-Key and agent, or ""
+-- ARGV[9]  the token sealed with the Idempotency-Key (hex), or ""
 --
 -- Returns {1, fencing_token, acquired_at_ms, expires_at_ms, event_id} when granted,
+--         {2, fencing_token, acquired_at_ms, expires_at_ms, sealed_token, ttl_ms} when the
+--            lock is held under the same Idempotency-Key by the same agent (a retry),
 --         {0, holder_agent_id, expires_at_ms, remaining_ms} when the lock is held.
 --
 -- Atomic because the check, the grant, the fence and the event are one script: no other
@@ -26,9 +30,14 @@
 
 local now_ms, now_us = clock()
 
-local held = redis.call('HMGET', KEYS[1], 'agent', 'expires')
+local held = redis.call('HMGET', KEYS[1], 'agent', 'expires', 'idempotency', 'fence', 'acquired',
+  'sealed', 'ttl')
 if held[1] and tonumber(held[2]) > now_ms then
   local expires = tonumber(held[2])
+  -- The idempotency digest covers the agent, so only the same agent's retry matches.
+  if ARGV[8] ~= '' and held[3] == ARGV[8] then
+    return {2, tonumber(held[4]), tonumber(held[5]), expires, held[6], tonumber(held[7])}
+  end
   return {0, held[1], expires, expires - now_ms}
 end
 
@@ -46,6 +55,9 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1],
   'token', ARGV[1], 'agent', ARGV[2], 'fence', int(fence), 'ttl', ARGV[3],
   'acquired', int(now_ms), 'expires', int(expires))
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[1], 'idempotency', ARGV[8], 'sealed', ARGV[9])
+end
 redis.call('PEXPIREAT', KEYS[1], int(expires - 1))
 redis.call('SET', KEYS[2], int(fence), 'PX', int(tonumber(ARGV[3]) + tonumber(ARGV[7])))
 index_put(KEYS[4], KEYS[5], KEYS[6], ARGV[4], fence, now_ms, expires, ARGV[2])

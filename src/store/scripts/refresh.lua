@@ -12,10 +12,12 @@
 -- ARGV[4]  event channel
 -- ARGV[5]  approximate stream length to keep
 -- ARGV[6]  how long the fencing counter outlives the lease, in ms
+-- ARGV[7]  Lua pattern the holder's agent id must match (the caller's API key), or ""
 --
 -- Returns {1, agent_id, fencing_token, ttl_ms, acquired_at_ms, expires_at_ms, event_id},
 --         {-1} when nothing holds the lock,
---         {-2, holder_agent_id, expires_at_ms} when another token holds it.
+--         {-2, holder_agent_id, expires_at_ms} when another token holds it,
+--         {-3, holder_agent_id} when the caller's key may not act for the holder.
 --
 -- A lease that has run out is over, even if its key lingers for its last millisecond:
 -- it is never revived.
@@ -28,6 +30,9 @@ if not lock[1] or tonumber(lock[6]) <= now_ms then
 end
 if lock[1] ~= ARGV[1] then
   return {-2, lock[2], tonumber(lock[6])}
+end
+if ARGV[7] ~= '' and not string.match(lock[2], ARGV[7]) then
+  return {-3, lock[2]}
 end
 
 local ttl = ARGV[2]

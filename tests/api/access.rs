@@ -1,0 +1,593 @@
+//! Access control, idempotent retries, limits and metrics.
+
+use std::time::Duration;
+
+use lockd::config::ApiKeySettings;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{
+    EventStream, RedisServer, TestApp, assert_problem, dump_keys, eventually, stream_events,
+    test_settings,
+};
+
+fn key(name: &str, secret: &str, agents: &str, scopes: &[&str]) -> ApiKeySettings {
+    ApiKeySettings {
+        name: name.into(),
+        sha256: lockd::auth::hex_sha256(secret),
+        agents: agents.into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+async fn app_with_auth(redis: &RedisServer) -> TestApp {
+    let mut settings = test_settings(redis);
+    settings.auth.enabled = true;
+    settings.auth.keys = vec![
+        key("ci", "ci-secret", "ci-*", &["lock", "read"]),
+        key("prod", "prod-secret", "prod-*", &["lock", "read"]),
+        key("reader", "reader-secret", "*", &["read"]),
+        key("writer", "writer-secret", "*", &["lock"]),
+        key("ops", "ops-secret", "*", &["admin", "read"]),
+    ];
+    settings.events.max_clients_per_key = 1;
+    TestApp::spawn_with(settings).await
+}
+
+/// Sends a request with a bearer key.
+async fn send(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> reqwest::Response {
+    let mut request = app.client.request(method, format!("{}{path}", app.base));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    if let Some(token) = token {
+        request = request.header("Lock-Token", token);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn with_auth_on_a_missing_or_unknown_key_gets_401_and_probes_stay_open() {
+    let redis = RedisServer::start().await;
+    let app = app_with_auth(&redis).await;
+    let acquire = json!({"agent_id": "ci-1"});
+
+    for key in [None, Some("wrong-secret")] {
+        let response = send(
+            &app,
+            reqwest::Method::POST,
+            "/locks/r",
+            key,
+            Some(acquire.clone()),
+            None,
+        )
+        .await;
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Bearer realm=\"lockd\""
+        );
+        assert_problem(response, 401, "unauthorized").await;
+    }
+    let basic = app
+        .client
+        .get(app.lock_url("r"))
+        .header("Authorization", "Basic Y2k6Y2ktc2VjcmV0")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(basic, 401, "unauthorized").await;
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let response = send(&app, reqwest::Method::GET, path, None, None, None).await;
+        assert_eq!(response.status(), 200, "{path} is public");
+    }
+    assert!(
+        stream_events(&redis, &app).await.is_empty(),
+        "nothing changed"
+    );
+}
+
+#[tokio::test]
+async fn keys_act_only_as_their_agents_and_within_their_scopes() {
+    let redis = RedisServer::start().await;
+    let app = app_with_auth(&redis).await;
+    let post = reqwest::Method::POST;
+
+    // Acquiring as an agent the key does not cover: 403, nothing taken.
+    let response = send(
+        &app,
+        post.clone(),
+        "/locks/r",
+        Some("ci-secret"),
+        Some(json!({"agent_id": "prod-1"})),
+        None,
+    )
+    .await;
+    assert_problem(response, 403, "forbidden").await;
+    // A key without the lock scope cannot acquire at all.
+    let response = send(
+        &app,
+        post.clone(),
+        "/locks/r",
+        Some("reader-secret"),
+        Some(json!({"agent_id": "ci-1"})),
+        None,
+    )
+    .await;
+    assert_problem(response, 403, "forbidden").await;
+    assert!(stream_events(&redis, &app).await.is_empty());
+
+    // The prod key takes a lock as its own agent.
+    let response = send(
+        &app,
+        post.clone(),
+        "/locks/r",
+        Some("prod-secret"),
+        Some(json!({"agent_id": "prod-1"})),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let grant: Value = response.json().await.unwrap();
+    let token = grant["token"].as_str().unwrap();
+
+    // Even with the right token, the ci key may not release or refresh prod's lock.
+    let response = send(
+        &app,
+        reqwest::Method::DELETE,
+        "/locks/r",
+        Some("ci-secret"),
+        None,
+        Some(token),
+    )
+    .await;
+    assert_problem(response, 403, "forbidden").await;
+    let response = send(
+        &app,
+        reqwest::Method::PATCH,
+        "/locks/r",
+        Some("ci-secret"),
+        None,
+        Some(token),
+    )
+    .await;
+    assert_problem(response, 403, "forbidden").await;
+    // Reading needs the read scope, which writer lacks.
+    let response = send(
+        &app,
+        reqwest::Method::GET,
+        "/locks/r",
+        Some("writer-secret"),
+        None,
+        None,
+    )
+    .await;
+    assert_problem(response, 403, "forbidden").await;
+    let response = send(
+        &app,
+        reqwest::Method::GET,
+        "/events",
+        Some("writer-secret"),
+        None,
+        None,
+    )
+    .await;
+    assert_problem(response, 403, "forbidden").await;
+    let status: Value = send(
+        &app,
+        reqwest::Method::GET,
+        "/locks/r",
+        Some("reader-secret"),
+        None,
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(status["agent_id"], "prod-1", "the lock is untouched");
+    assert_eq!(status["expires_at"], grant["expires_at"]);
+
+    // Its own key releases it.
+    let response = send(
+        &app,
+        reqwest::Method::DELETE,
+        "/locks/r",
+        Some("prod-secret"),
+        None,
+        Some(token),
+    )
+    .await;
+    assert_eq!(response.status(), 204);
+}
+
+#[tokio::test]
+async fn only_admins_force_release_and_the_event_says_forced() {
+    let redis = RedisServer::start().await;
+    let app = app_with_auth(&redis).await;
+    let response = send(
+        &app,
+        reqwest::Method::POST,
+        "/locks/r",
+        Some("ci-secret"),
+        Some(json!({"agent_id": "ci-1"})),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+
+    let response = send(
+        &app,
+        reqwest::Method::DELETE,
+        "/locks/r?force=true",
+        Some("ci-secret"),
+        None,
+        None,
+    )
+    .await;
+    assert_problem(response, 403, "forbidden").await;
+    let response = send(
+        &app,
+        reqwest::Method::DELETE,
+        "/locks/r?force=true",
+        Some("ops-secret"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), 204);
+    let response = send(
+        &app,
+        reqwest::Method::DELETE,
+        "/locks/r?force=true",
+        Some("ops-secret"),
+        None,
+        None,
+    )
+    .await;
+    assert_problem(response, 404, "lock_not_found").await;
+    let response = send(
+        &app,
+        reqwest::Method::DELETE,
+        "/locks/r?force=maybe",
+        Some("ops-secret"),
+        None,
+        None,
+    )
+    .await;
+    assert_problem(response, 400, "invalid_query").await;
+
+    let events = stream_events(&redis, &app).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "resource.unlocked");
+    assert_eq!(last["reason"], "forced");
+    assert_eq!(last["agent_id"], "ci-1");
+}
+
+#[tokio::test]
+async fn event_streams_are_limited_per_key_with_429() {
+    let redis = RedisServer::start().await;
+    let app = app_with_auth(&redis).await;
+    let first = app
+        .client
+        .get(format!("{}/events", app.base))
+        .bearer_auth("reader-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let second = app
+        .client
+        .get(format!("{}/events", app.base))
+        .bearer_auth("reader-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.headers()["retry-after"], "1");
+    assert_problem(second, 429, "key_event_client_limit").await;
+    // Another key still gets its own.
+    let other = app
+        .client
+        .get(format!("{}/events", app.base))
+        .bearer_auth("ops-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    // The slot frees up when the first stream goes.
+    drop(first);
+    eventually(
+        Duration::from_secs(5),
+        "the first stream's slot to free up",
+        || async {
+            app.client
+                .get(format!("{}/events", app.base))
+                .bearer_auth("reader-secret")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 200
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_gets_the_same_grant() {
+    let redis = RedisServer::start().await;
+    let app = TestApp::spawn(&redis).await;
+    let acquire = |agent: &'static str, key: &'static str| {
+        app.client
+            .post(app.lock_url("r"))
+            .header("Idempotency-Key", key)
+            .json(&json!({"agent_id": agent, "ttl_ms": 60_000, "wait_ms": 100}))
+            .send()
+    };
+
+    let first = acquire("agent-a", "attempt-1").await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    let events = stream_events(&redis, &app).await.len();
+
+    let retry = acquire("agent-a", "attempt-1").await.unwrap();
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        retry.headers()["lock-token"].to_str().unwrap(),
+        first["token"]
+    );
+    let retry: Value = retry.json().await.unwrap();
+    assert_eq!(retry["token"], first["token"]);
+    assert_eq!(retry["fencing_token"], first["fencing_token"]);
+    assert_eq!(retry["acquired_at"], first["acquired_at"]);
+    assert_eq!(retry["expires_at"], first["expires_at"]);
+    assert_eq!(
+        stream_events(&redis, &app).await.len(),
+        events,
+        "a replay changes nothing"
+    );
+
+    // Another agent, or another key, is an ordinary contender.
+    assert_problem(
+        acquire("agent-b", "attempt-1").await.unwrap(),
+        409,
+        "lock_held",
+    )
+    .await;
+    assert_problem(
+        acquire("agent-a", "attempt-2").await.unwrap(),
+        409,
+        "lock_held",
+    )
+    .await;
+    // The replayed token is the real one: it releases the lock.
+    assert_eq!(
+        app.release("r", first["token"].as_str().unwrap())
+            .await
+            .status(),
+        204
+    );
+    // Neither the key nor the token sits in Redis in the clear.
+    let dump = dump_keys(&redis, &app.settings.redis.key_prefix).await;
+    assert!(!dump.contains("attempt-1"));
+    // Once released, the same key acquires afresh.
+    let again: Value = acquire("agent-a", "attempt-1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(again["token"], first["token"]);
+    let dump = dump_keys(&redis, &app.settings.redis.key_prefix).await;
+    let token = again["token"].as_str().unwrap();
+    assert!(
+        !dump.contains(token) && !dump.contains(&token.replace('-', "")),
+        "{dump}"
+    );
+
+    let bad = app
+        .client
+        .post(app.lock_url("r2"))
+        .header("Idempotency-Key", "has spaces in it")
+        .json(&json!({"agent_id": "agent-a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(bad, 400, "invalid_idempotency_key").await;
+}
+
+#[tokio::test]
+async fn waiters_beyond_the_limit_get_503_with_retry_after() {
+    let redis = RedisServer::start().await;
+    let mut settings = test_settings(&redis);
+    settings.locks.max_waiters = 1;
+    let app = TestApp::spawn_with(settings).await;
+    let holder = app.acquire_ok("r", "agent-a", 60_000).await;
+    let waiting = {
+        let (client, url) = (app.client.clone(), app.lock_url("r"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"agent_id": "agent-b", "wait_ms": 10_000}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    let waiters = app.waiters.clone();
+    eventually(Duration::from_secs(5), "the first waiter", || {
+        let waiters = waiters.clone();
+        async move { waiters.waiting() == 1 }
+    })
+    .await;
+
+    let refused = app
+        .acquire("other", json!({"agent_id": "agent-c", "wait_ms": 1000}))
+        .await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_problem(refused, 503, "waiter_limit").await;
+    // Acquires that do not wait are not limited.
+    app.acquire_ok("other", "agent-c", 1000).await;
+
+    app.release("r", holder["token"].as_str().unwrap()).await;
+    assert_eq!(waiting.await.unwrap().status(), 201);
+}
+
+#[tokio::test]
+async fn event_streams_beyond_the_server_limit_get_503() {
+    let redis = RedisServer::start().await;
+    let mut settings = test_settings(&redis);
+    settings.events.max_clients = 1;
+    let app = TestApp::spawn_with(settings).await;
+    let _first = EventStream::open(&app, "", None).await;
+    let second = app
+        .client
+        .get(format!("{}/events", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(second, 503, "event_client_limit").await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_get_a_503_problem_and_are_closed() {
+    let redis = RedisServer::start().await;
+    let mut settings = test_settings(&redis);
+    settings.server.max_connections = 2;
+    let app = TestApp::spawn_with(settings).await;
+
+    // Two idle keep-alive connections hold both slots.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buffer = [0u8; 512];
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(stream);
+    }
+
+    let mut third = TcpStream::connect(app.addr).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer))
+        .await
+        .expect("the refusal comes at once")
+        .unwrap();
+    let text = String::from_utf8(answer).unwrap();
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("retry-after: 1"), "{text}");
+    let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["code"], "connection_limit");
+
+    drop(held);
+    eventually(Duration::from_secs(5), "a slot to free up", || async {
+        reqwest::get(format!("{}/healthz", app.base))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_body_limit_is_configurable() {
+    let redis = RedisServer::start().await;
+    let mut settings = test_settings(&redis);
+    settings.server.max_body_bytes = 2048;
+    let app = TestApp::spawn_with(settings).await;
+    let body = json!({"agent_id": "a".repeat(3000)});
+    assert_problem(app.acquire("r", body).await, 413, "payload_too_large").await;
+}
+
+/// The value of an unlabelled counter or gauge in a Prometheus text page.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_requests_grants_contention_waits_and_redis_errors() {
+    let mut redis = RedisServer::start().await;
+    let app = TestApp::spawn(&redis).await;
+    let page = || async {
+        let response = app
+            .client
+            .get(format!("{}/metrics", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        response.text().await.unwrap()
+    };
+    let before = page().await;
+
+    let grant = app.acquire_ok("m", "agent-a", 60_000).await;
+    app.acquire("m", json!({"agent_id": "agent-b"})).await;
+    let waiter = {
+        let (client, url) = (app.client.clone(), app.lock_url("m"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"agent_id": "agent-c", "wait_ms": 5000}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    let waiters = app.waiters.clone();
+    eventually(Duration::from_secs(5), "the waiter", || {
+        let waiters = waiters.clone();
+        async move { waiters.waiting() == 1 }
+    })
+    .await;
+    assert!(metric(&page().await, "lockd_waiters") >= 1.0);
+    app.release("m", grant["token"].as_str().unwrap()).await;
+    assert_eq!(waiter.await.unwrap().status(), 201);
+    redis.kill();
+    app.acquire("n", json!({"agent_id": "agent-a"})).await;
+
+    let after = page().await;
+    for name in [
+        "lockd_lock_grants_total",
+        "lockd_lock_conflicts_total",
+        "lockd_lock_releases_total{reason=\"released\"}",
+    ] {
+        assert!(
+            metric(&after, name) > metric(&before, name),
+            "{name} grew:\n{after}"
+        );
+    }
+    assert!(after.contains("lockd_lock_wait_seconds_bucket"), "{after}");
+    assert!(after.contains("lockd_redis_errors_total{kind="), "{after}");
+    assert!(
+        after.contains(
+            r#"lockd_http_requests_total{method="POST",route="/locks/{*resource_id}",status="201"}"#
+        ),
+        "{after}"
+    );
+    assert!(
+        after.contains("lockd_http_request_duration_seconds_bucket"),
+        "{after}"
+    );
+}
