@@ -591,3 +591,60 @@ async fn metrics_count_requests_grants_contention_waits_and_redis_errors() {
         "{after}"
     );
 }
+
+#[tokio::test]
+async fn the_documented_redis_acl_is_all_lockd_needs() {
+    let acl = concat!(env!("CARGO_MANIFEST_DIR"), "/config/redis-users.acl");
+    let redis =
+        RedisServer::start_with(&["--save", "", "--appendonly", "no", "--aclfile", acl]).await;
+    let mut settings = test_settings(&redis);
+    let port = redis.url().rsplit(':').next().unwrap().to_owned();
+    settings.redis.url = format!("redis://lockd:change-me@127.0.0.1:{port}");
+    settings.redis.key_prefix = "lockd:".into();
+    let app = TestApp::spawn_with(settings).await;
+    crate::helpers::until_subscribed(&redis, &app).await;
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // Acquire, wait woken by a release, refresh, release, expiry, listing, resume.
+    let first = app.acquire_ok("file:a", "agent-a", 60_000).await;
+    let waiter = {
+        let (client, url) = (app.client.clone(), app.lock_url("file:a"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"agent_id": "agent-b", "ttl_ms": 200, "wait_ms": 10_000}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    let waiters = app.waiters.clone();
+    eventually(Duration::from_secs(5), "the waiter", || {
+        let waiters = waiters.clone();
+        async move { waiters.waiting() == 1 }
+    })
+    .await;
+    let token = first["token"].as_str().unwrap();
+    assert_eq!(app.refresh("file:a", token, None).await.status(), 200);
+    assert_eq!(app.release("file:a", token).await.status(), 204);
+    assert_eq!(waiter.await.unwrap().status(), 201);
+    let mut stream = EventStream::open(&app, "types=resource.unlocked", Some("0-0")).await;
+    assert_eq!(stream.next_json().await["reason"], "released");
+    assert_eq!(stream.next_json().await["reason"], "expired");
+    let page: Value = app
+        .client
+        .get(format!("{}/locks", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["locks"], json!([]));
+}
