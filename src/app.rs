@@ -59,6 +59,8 @@ impl Application {
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
 
+        // TLS to Redis uses ring; installing it twice (tests build several apps) is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let store = Store::new(settings)?;
         let shutdown = CancellationToken::new();
         let waiters = Waiters::default();
@@ -68,7 +70,7 @@ impl Application {
         });
         let subscriber = tokio::spawn(events::run_subscriber(
             SubscriberConfig {
-                url: settings.redis.url.clone(),
+                connection: store::connection_info(&settings.redis)?,
                 channel: store::event_channel(&settings.redis.key_prefix),
                 connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
             },

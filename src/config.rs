@@ -82,6 +82,9 @@ pub struct RedisSettings {
     /// Connection URL; may carry a password, so `Debug` hides it.
     #[serde(deserialize_with = "text")]
     pub url: String,
+    /// With `rediss://`: the CA to trust instead of the system's roots.
+    #[serde(deserialize_with = "text")]
+    pub tls_ca_file: String,
     /// Prefix of every key and of the event channel.
     #[serde(deserialize_with = "text")]
     pub key_prefix: String,
@@ -97,6 +100,7 @@ impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
             .field("url", &redact_url(&self.url))
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("key_prefix", &self.key_prefix)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
@@ -280,21 +284,29 @@ impl Settings {
         }
 
         let url = &self.redis.url;
-        if url.starts_with("rediss://") {
-            return Err(invalid(
-                "redis.url",
-                "TLS (rediss://) is not supported by this build; reach Redis over a trusted \
-                 network or a TLS-terminating sidecar",
-            ));
-        }
         if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
             || url.starts_with("redis+unix://")
             || url.starts_with("unix://"))
         {
             return Err(invalid(
                 "redis.url",
-                "must start with redis://, redis+unix:// or unix://",
+                "must start with redis://, rediss://, redis+unix:// or unix://",
             ));
+        }
+        if !self.redis.tls_ca_file.is_empty() {
+            if !url.starts_with("rediss://") {
+                return Err(invalid(
+                    "redis.tls_ca_file",
+                    "is only used with a rediss:// URL",
+                ));
+            }
+            std::fs::metadata(&self.redis.tls_ca_file).map_err(|e| {
+                invalid(
+                    "redis.tls_ca_file",
+                    format!("{}: {e}", self.redis.tls_ca_file),
+                )
+            })?;
         }
         let prefix = &self.redis.key_prefix;
         if prefix.is_empty() || prefix.len() > 64 {

@@ -621,13 +621,33 @@ pub fn event_channel(key_prefix: &str) -> String {
     format!("{key_prefix}events")
 }
 
+/// Where and how to reach Redis: the URL, with the TLS roots of `redis.tls_ca_file`
+/// when one is set. Shared by the pool and the Pub/Sub subscription.
+///
+/// # Errors
+/// [`StoreError`] when the URL is invalid or the CA file unreadable.
+pub fn connection_info(redis: &RedisSettings) -> Result<redis::ConnectionInfo, StoreError> {
+    use redis::IntoConnectionInfo;
+    if redis.tls_ca_file.is_empty() {
+        return Ok(redis.url.as_str().into_connection_info()?);
+    }
+    let root_cert = std::fs::read(&redis.tls_ca_file)
+        .map_err(|e| StoreError::Protocol(format!("cannot read {}: {e}", redis.tls_ca_file)))?;
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
+    };
+    let client = redis::Client::build_with_tls(redis.url.as_str(), certificates)?;
+    Ok(client.get_connection_info().clone())
+}
+
 fn build_pool(redis: &RedisSettings) -> Result<Pool, StoreError> {
     let connect = Duration::from_millis(redis.connect_timeout_ms);
     let command = Duration::from_millis(redis.command_timeout_ms);
     let connection = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(connect))
         .set_response_timeout(Some(command));
-    let manager = deadpool_redis::Manager::new_with_config(redis.url.as_str(), connection)?;
+    let manager = deadpool_redis::Manager::new_with_config(connection_info(redis)?, connection)?;
     Pool::builder(manager)
         .max_size(redis.pool_size)
         .runtime(Runtime::Tokio1)

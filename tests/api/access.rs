@@ -648,3 +648,147 @@ async fn the_documented_redis_acl_is_all_lockd_needs() {
         .unwrap();
     assert_eq!(page["locks"], json!([]));
 }
+
+/// A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=lockd test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+#[tokio::test]
+async fn lockd_reaches_redis_over_tls_and_verifies_its_certificate() {
+    let dir = std::env::temp_dir().join(format!("lockd-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certificates(&dir);
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let tls_port = crate::helpers::free_port().to_string();
+    let redis = RedisServer::start_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("server.crt"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ])
+    .await;
+
+    let mut settings = test_settings(&redis);
+    settings.redis.url = format!("rediss://127.0.0.1:{tls_port}");
+    settings.redis.tls_ca_file = path("ca.crt");
+    let app = TestApp::spawn_with(settings.clone()).await;
+    crate::helpers::until_subscribed(&redis, &app).await;
+    assert_eq!(
+        app.client
+            .get(format!("{}/readyz", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let holder = app.acquire_ok("r", "agent-a", 60_000).await;
+    let waiter = {
+        let (client, url) = (app.client.clone(), app.lock_url("r"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"agent_id": "agent-b", "wait_ms": 10_000}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    let waiters = app.waiters.clone();
+    eventually(Duration::from_secs(5), "the waiter", || {
+        let waiters = waiters.clone();
+        async move { waiters.waiting() == 1 }
+    })
+    .await;
+    app.release("r", holder["token"].as_str().unwrap()).await;
+    assert_eq!(
+        waiter.await.unwrap().status(),
+        201,
+        "woken through the TLS subscription"
+    );
+
+    // Without the private CA, the certificate is not trusted and nothing is served.
+    settings.redis.tls_ca_file = String::new();
+    let untrusting = TestApp::spawn_with(settings).await;
+    let ready = untrusting
+        .client
+        .get(format!("{}/readyz", untrusting.base))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(ready, 503, "store_unavailable").await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
