@@ -4,6 +4,7 @@
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncCommands};
@@ -103,6 +104,11 @@ impl RedisServer {
     /// `redis://127.0.0.1:{port}`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's data directory (where an AOF or RDB file goes).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// The process id of the running server.
@@ -326,18 +332,22 @@ impl Drop for TestApp {
 pub async fn until_subscribed(redis: &RedisServer, app: &TestApp) {
     let channel = format!("{}events", app.settings.redis.key_prefix);
     let conn = redis.connection().await;
-    eventually(Duration::from_secs(10), "lockd to subscribe to events", || {
-        let (mut conn, channel) = (conn.clone(), channel.clone());
-        async move {
-            let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(&channel)
-                .query_async(&mut conn)
-                .await
-                .expect("PUBSUB NUMSUB");
-            counts.first().is_some_and(|(_, n)| *n >= 1)
-        }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "lockd to subscribe to events",
+        || {
+            let (mut conn, channel) = (conn.clone(), channel.clone());
+            async move {
+                let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(&channel)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("PUBSUB NUMSUB");
+                counts.first().is_some_and(|(_, n)| *n >= 1)
+            }
+        },
+    )
     .await;
 }
 
@@ -471,8 +481,13 @@ pub async fn dump_keys(redis: &RedisServer, prefix: &str) -> String {
 
 /// All events in the app's stream, oldest first, as JSON documents with their ids.
 pub async fn stream_events(redis: &RedisServer, app: &TestApp) -> Vec<Value> {
+    stream_events_for(redis, &app.settings.redis.key_prefix).await
+}
+
+/// All events in the stream of the deployment with `key_prefix`, oldest first.
+pub async fn stream_events_for(redis: &RedisServer, key_prefix: &str) -> Vec<Value> {
     let mut conn = redis.connection().await;
-    let key = format!("{}{{0}}:events", app.settings.redis.key_prefix);
+    let key = format!("{key_prefix}{{0}}:events");
     let entries: redis::streams::StreamRangeReply = conn.xrange_all(key).await.expect("XRANGE");
     entries
         .ids
@@ -484,4 +499,272 @@ pub async fn stream_events(redis: &RedisServer, app: &TestApp) -> Vec<Value> {
             event
         })
         .collect()
+}
+
+/// A `lockd` binary serving on a loopback port, as production runs it: SIGKILL it to
+/// crash it; it is killed on drop.
+pub struct LockdProcess {
+    /// `http://127.0.0.1:{port}`.
+    pub base: String,
+    child: Option<tokio::process::Child>,
+}
+
+impl LockdProcess {
+    /// Starts `lockd` on a free port against `redis_url` with `key_prefix`, plus extra
+    /// `LOCKD_…` environment variables, and waits until it is ready (Redis answers).
+    pub async fn spawn(redis_url: &str, key_prefix: &str, env: &[(&str, &str)]) -> Self {
+        // Another process may take the port between our probe and lockd's bind: retry.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lockd"));
+            command
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--redis-url", redis_url, "--key-prefix", key_prefix])
+                .env("LOCKD_LOG__LEVEL", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true);
+            for (key, value) in env {
+                command.env(key, value);
+            }
+            let mut child = command.spawn().expect("lockd runs");
+            let base = format!("http://127.0.0.1:{port}");
+            let client = reqwest::Client::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while tokio::time::Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                let ready = client
+                    .get(format!("{base}/readyz"))
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                if ready {
+                    return Self {
+                        base,
+                        child: Some(child),
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = child.kill().await;
+        }
+        panic!("lockd did not start");
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would, and reaps it.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("SIGKILL lockd");
+        }
+    }
+}
+
+/// A response read off a raw socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    /// The status code.
+    pub status: u16,
+    /// Header names (lowercase) and values.
+    pub headers: Vec<(String, String)>,
+    /// The body as far as `Content-Length` goes (empty for streams).
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `request` as-is over a fresh TCP connection and reads one response. With
+/// `half_close`, the client then shuts down its sending side, so the server sees the end
+/// of the input (lockd treats that as a client that went away). `None` when the server
+/// closed the connection without answering (what a server does with bytes it cannot even
+/// parse as a request).
+pub async fn raw_request(
+    addr: SocketAddr,
+    request: &[u8],
+    half_close: bool,
+) -> Option<RawResponse> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // The server may answer and close before it has read everything: a failed write is
+    // then no error of the test.
+    let _ = stream.write_all(request).await;
+    if half_close {
+        let _ = stream.shutdown().await;
+    }
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let head_end = loop {
+        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("the server answered or closed within 10 s");
+        match read {
+            Ok(0) | Err(_) if buffer.is_empty() => return None,
+            Ok(0) | Err(_) => panic!(
+                "the connection ended inside a response head: {:?}",
+                String::from_utf8_lossy(&buffer)
+            ),
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("a status line, got {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let length = headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .and_then(|(_, value)| value.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = buffer[head_end..].to_vec();
+    while body.len() < length {
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("the body arrived within 10 s");
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    body.truncate(length);
+    Some(RawResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A TCP proxy in front of Redis that can hold back Redis's replies, as a one-way network
+/// partition does: commands still reach Redis and run, their answers wait until the
+/// partition heals (or the client gives up on the connection). Stopped on drop.
+pub struct ReplyStallingProxy {
+    addr: SocketAddr,
+    state: Arc<ProxyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyState {
+    stalled: tokio::sync::watch::Sender<bool>,
+    /// Stall as soon as a command holding these bytes passes (before it reaches Redis).
+    trigger: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl ProxyState {
+    /// Called with each chunk going to Redis, and the tail of the one before.
+    fn inspect(&self, tail: &[u8], chunk: &[u8]) {
+        let mut trigger = self.trigger.lock().expect("trigger lock");
+        if let Some(marker) = trigger.as_deref() {
+            let seen = [tail, chunk].concat();
+            if seen.windows(marker.len()).any(|w| w == marker) {
+                self.stalled.send_replace(true);
+                *trigger = None;
+            }
+        }
+    }
+}
+
+impl ReplyStallingProxy {
+    /// Listens on a loopback port and forwards every connection to `redis`.
+    pub async fn start(redis: &RedisServer) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a proxy port");
+        let addr = listener.local_addr().expect("the proxy address");
+        let upstream = format!("127.0.0.1:{}", redis.port);
+        let (stalled, _) = tokio::sync::watch::channel(false);
+        let state = Arc::new(ProxyState {
+            stalled,
+            trigger: std::sync::Mutex::new(None),
+        });
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 16 * 1024];
+                    let mut tail = Vec::new();
+                    loop {
+                        let n = match client_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        state.inspect(&tail, &buffer[..n]);
+                        if server_write.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                        tail = buffer[n.saturating_sub(256)..n].to_vec();
+                    }
+                    let _ = server_write.shutdown().await;
+                });
+                let mut stalled = shared.stalled.subscribe();
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 16 * 1024];
+                    loop {
+                        if stalled.wait_for(|stalled| !stalled).await.is_err() {
+                            return;
+                        }
+                        let n = match server_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        // Read just before a stall began: hold it back too.
+                        if stalled.wait_for(|stalled| !stalled).await.is_err() {
+                            return;
+                        }
+                        if client_write.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// `redis://` URL of the proxy.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Holds back every reply from the moment a command holding `marker` passes on its
+    /// way to Redis (the command itself still gets there and runs).
+    pub fn stall_replies_from_command_with(&self, marker: &[u8]) {
+        *self.state.trigger.lock().expect("trigger lock") = Some(marker.to_vec());
+    }
+
+    /// Lets the held-back replies through, late.
+    pub fn heal(&self) {
+        self.state.stalled.send_replace(false);
+    }
+}
+
+impl Drop for ReplyStallingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

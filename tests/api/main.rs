@@ -1,11 +1,14 @@
 //! Integration tests: lockd over real sockets against real `redis-server` processes.
 
 mod helpers;
+mod history;
 
 mod access;
+mod chaos;
 mod errors;
 mod events;
 mod faults;
+mod fuzz;
 mod listing;
 mod locks;
 mod operations;
