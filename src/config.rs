@@ -73,6 +73,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Origins whose browser pages may use the API (`*` for any).
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// `[redis]`.
@@ -367,6 +369,18 @@ impl Settings {
         }
         if self.events.max_clients > 1_000_000 {
             return Err(invalid("events.max_clients", "must be at most 1000000"));
+        }
+        for origin in &self.server.cors_allowed_origins {
+            let valid = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && axum::http::HeaderValue::from_str(origin).is_ok());
+            if !valid {
+                return Err(invalid(
+                    "server.cors_allowed_origins",
+                    format!("{origin:?} is not an origin like https://example.com (or \"*\")"),
+                ));
+            }
         }
         self.validate_auth()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)

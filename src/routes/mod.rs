@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::HeaderName;
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +18,7 @@ use axum::routing::{any, get, post};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -97,7 +99,7 @@ pub fn router(state: AppState, settings: &Settings, authenticator: Authenticator
 
     // Outermost first: every request gets an id before it is traced, and every response,
     // even one from a panic or a timeout, carries that id back.
-    routes.layer(
+    let app = routes.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(
@@ -128,6 +130,50 @@ pub fn router(state: AppState, settings: &Settings, authenticator: Authenticator
                 auth::authenticate,
             ))
             .layer(DefaultBodyLimit::max(settings.server.max_body_bytes)),
+    );
+    // Outside everything else: preflights are answered before authentication, as
+    // browsers send them without credentials, and errors get CORS headers too.
+    match cors(&settings.server.cors_allowed_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    }
+}
+
+/// The CORS policy for browser pages on `origins`; `None` when no origin is allowed.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("lock-token"),
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                HeaderName::from_static("lock-token"),
+                HeaderName::from_static("idempotent-replayed"),
+                HeaderName::from_static("x-request-id"),
+            ])
+            .max_age(Duration::from_secs(600)),
     )
 }
 

@@ -792,3 +792,105 @@ async fn lockd_reaches_redis_over_tls_and_verifies_its_certificate() {
     assert_problem(ready, 503, "store_unavailable").await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn browser_pages_on_allowed_origins_get_cors_headers_both_ways() {
+    let redis = RedisServer::start().await;
+    let mut settings = test_settings(&redis);
+    settings.server.cors_allowed_origins = vec!["https://dashboard.example.com".into()];
+    settings.auth.enabled = true;
+    settings.auth.keys = vec![key("ui", "ui-secret", "*", &["lock", "read"])];
+    let app = TestApp::spawn_with(settings).await;
+
+    // The preflight of a release, sent without credentials as browsers do.
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.lock_url("r"))
+        .header("Origin", "https://dashboard.example.com")
+        .header("Access-Control-Request-Method", "DELETE")
+        .header(
+            "Access-Control-Request-Headers",
+            "lock-token, authorization",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    let headers = preflight.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://dashboard.example.com"
+    );
+    let allowed = headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        allowed.contains("lock-token") && allowed.contains("authorization"),
+        "{allowed}"
+    );
+    assert!(
+        headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("DELETE")
+    );
+
+    // The real request: the page can read the token header of the response.
+    let response = app
+        .client
+        .post(app.lock_url("r"))
+        .header("Origin", "https://dashboard.example.com")
+        .bearer_auth("ui-secret")
+        .json(&json!({"agent_id": "ui"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://dashboard.example.com"
+    );
+    let exposed = response.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        exposed.contains("lock-token") && exposed.contains("location"),
+        "{exposed}"
+    );
+
+    // Other origins get no CORS headers, so browsers keep their pages out.
+    let foreign = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .header("Origin", "https://evil.example.net")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        foreign
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn without_allowed_origins_there_are_no_cors_headers() {
+    let redis = RedisServer::start().await;
+    let app = TestApp::spawn(&redis).await;
+    let response = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .header("Origin", "https://dashboard.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
