@@ -4,10 +4,16 @@
 //! with no task or channel between the caller and the socket, so the client costs less
 //! CPU per request than the server it measures. Bodies with `Content-Length` and chunked
 //! bodies are both read; [`SseStream`] decodes an endless chunked `text/event-stream`.
+//!
+//! With timestamps on, reads use `recvmsg` with `SO_TIMESTAMPNS`: the kernel's receive
+//! time of the data (CLOCK_REALTIME, ns), which does not depend on when this tool got
+//! around to reading it. Latencies measured between two such stamps exclude the tool's
+//! own scheduling delays.
 
 use std::io;
+use std::os::fd::AsRawFd;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// What the scenarios need of a response.
@@ -19,6 +25,9 @@ pub struct Response {
     pub lock_token: Option<String>,
     /// The body.
     pub body: Vec<u8>,
+    /// Kernel receive time of the response's last bytes (CLOCK_REALTIME, ns), when
+    /// timestamps are on.
+    pub stamp: Option<u64>,
 }
 
 /// A growable read buffer with a window of unread bytes.
@@ -26,14 +35,20 @@ struct ReadBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Read with `recvmsg` and keep the kernel's receive time.
+    stamps: bool,
+    /// The receive time of the last read, when `stamps` is on.
+    stamp: Option<u64>,
 }
 
 impl ReadBuf {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, stamps: bool) -> Self {
         Self {
             buf: vec![0; capacity],
             start: 0,
             end: 0,
+            stamps,
+            stamp: None,
         }
     }
 
@@ -60,13 +75,93 @@ impl ReadBuf {
                 self.buf.resize(self.buf.len() * 2, 0);
             }
         }
-        let n = stream.read(&mut self.buf[self.end..]).await?;
+        let n = if self.stamps {
+            let fd = stream.as_raw_fd();
+            loop {
+                stream.readable().await?;
+                let dst = &mut self.buf[self.end..];
+                match stream.try_io(Interest::READABLE, || recv_stamped(fd, dst)) {
+                    Ok((n, stamp)) => {
+                        self.stamp = stamp.or(self.stamp);
+                        break n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        } else {
+            stream.read(&mut self.buf[self.end..]).await?
+        };
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         self.end += n;
         Ok(())
     }
+}
+
+/// `SO_TIMESTAMPNS` (also its control message type) on Linux x86_64 and aarch64.
+const SO_TIMESTAMPNS: libc::c_int = 35;
+
+/// Asks the kernel to stamp what `stream` receives.
+fn enable_stamps(stream: &TcpStream) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from a valid pointer for the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// One `recvmsg` into `buf`: the bytes read and the kernel's receive time, if stamped.
+fn recv_stamped(fd: libc::c_int, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 16];
+    // SAFETY: msghdr is plain data; every pointer in it refers to a live local buffer of
+    // the stated length, and the control messages are read only within what the kernel
+    // reported (msg_controllen), through the CMSG_* helpers.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let n = libc::recvmsg(fd, &raw mut msg, libc::MSG_DONTWAIT);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut stamp = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == SO_TIMESTAMPNS {
+                let ts: libc::timespec =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
+                stamp = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+        }
+        Ok((n as usize, stamp))
+    }
+}
+
+/// The wall clock (CLOCK_REALTIME) in ns, the clock of the kernel's receive stamps.
+pub fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// The head of a response.
@@ -132,12 +227,20 @@ pub struct HttpConn {
 impl HttpConn {
     /// Connects to `addr` (`host:port`).
     pub async fn connect(addr: &str) -> io::Result<Self> {
+        Self::connect_with(addr, false).await
+    }
+
+    /// Connects to `addr`; with `stamps`, responses carry the kernel's receive time.
+    pub async fn connect_with(addr: &str, stamps: bool) -> io::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        if stamps {
+            enable_stamps(&stream)?;
+        }
         Ok(Self {
             stream,
             host: addr.to_owned(),
-            rbuf: ReadBuf::new(4096),
+            rbuf: ReadBuf::new(4096, stamps),
             wbuf: Vec::with_capacity(512),
             chunks: ChunkDecoder::default(),
         })
@@ -203,6 +306,7 @@ impl HttpConn {
             status: head.status,
             lock_token: head.lock_token,
             body,
+            stamp: self.rbuf.stamp,
         })
     }
 }
@@ -274,14 +378,18 @@ pub struct SseStream {
 }
 
 impl SseStream {
-    /// Opens `GET {path}` on `addr` and reads the response head.
-    pub async fn open(addr: &str, path: &str) -> io::Result<Self> {
+    /// Opens `GET {path}` on `addr` and reads the response head; with `stamps`, frames
+    /// carry the kernel's receive time.
+    pub async fn open(addr: &str, path: &str, stamps: bool) -> io::Result<Self> {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        if stamps {
+            enable_stamps(&stream)?;
+        }
         let request =
             format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
-        let mut rbuf = ReadBuf::new(2048);
+        let mut rbuf = ReadBuf::new(2048, stamps);
         let head = read_head(&mut stream, &mut rbuf).await?;
         if head.status != 200 {
             return Err(invalid(format!("GET {path} answered {}", head.status)));
@@ -298,8 +406,9 @@ impl SseStream {
         })
     }
 
-    /// The next frame (the text before a blank line), or `None` when the stream ended.
-    pub async fn next_frame(&mut self) -> io::Result<Option<Vec<u8>>> {
+    /// The next frame (the text before a blank line) and the kernel's receive time of
+    /// the last read before it was complete, or `None` when the stream ended.
+    pub async fn next_frame(&mut self) -> io::Result<Option<(Vec<u8>, Option<u64>)>> {
         loop {
             if let Some(pos) = self.text[self.consumed..]
                 .windows(2)
@@ -311,7 +420,7 @@ impl SseStream {
                     self.text.clear();
                     self.consumed = 0;
                 }
-                return Ok(Some(frame));
+                return Ok(Some((frame, self.rbuf.stamp)));
             }
             if self.consumed > 0 {
                 self.text.drain(..self.consumed);

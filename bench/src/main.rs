@@ -124,8 +124,8 @@ enum Scenario {
         /// Subscriber counts, comma-separated.
         #[arg(short = 's', long, value_delimiter = ',', default_values_t = [1000usize])]
         subscribers: Vec<usize>,
-        /// Lock cycles per second while measuring (two events each).
-        #[arg(long, default_value_t = 10.0)]
+        /// Lock changes (events) per second while measuring, evenly spaced.
+        #[arg(long, default_value_t = 20.0)]
         rate: f64,
         /// Idle seconds after connecting, before RSS is read.
         #[arg(long, default_value_t = 2.0)]
@@ -607,9 +607,9 @@ async fn run_all(
     let hand = run_handoff(setup, &lockd, &addr, &common, 16, 10_000).await;
     out.add(&hand, handoff::HandoffReport::print);
     drop(lockd);
-    let fanout = run_sse(setup, &common, small, 10.0, 2.0).await?;
+    let fanout = run_sse(setup, &common, small, 20.0, 2.0).await?;
     out.add(&fanout, sse::SseReport::print);
-    let idle = run_sse(setup, &common, big, 2.0, 2.0).await?;
+    let idle = run_sse(setup, &common, big, 4.0, 2.0).await?;
     out.add(&idle, sse::SseReport::print);
 
     let goals = vec![

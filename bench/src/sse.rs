@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::cycle::{Pids, secs_ns, sleep_until};
 use crate::env::rss_kib;
-use crate::http::{HttpConn, SseStream};
+use crate::http::{HttpConn, SseStream, realtime_ns};
 use crate::stats::{Cpu, CpuMark, Hist, Latency, now_ns, print_cpu, print_latency_table, round3};
 
 /// How an SSE run is shaped.
@@ -20,7 +20,8 @@ use crate::stats::{Cpu, CpuMark, Hist, Latency, now_ns, print_cpu, print_latency
 pub struct SseConfig {
     /// Subscribers.
     pub subscribers: usize,
-    /// Lock cycles per second while measuring delivery (two events each).
+    /// Lock changes (events) per second while measuring delivery, evenly spaced:
+    /// acquire sse:n, then release it, then acquire sse:n+1, ...
     pub rate: f64,
     /// How long the changes run, in seconds.
     pub duration_s: f64,
@@ -53,10 +54,17 @@ pub struct SseReport {
     pub deliveries_expected: u64,
     /// Events received by subscribers.
     pub deliveries: u64,
-    /// Deliveries that arrived before the change's maker had its response (counted as 0).
+    /// Deliveries that reached their subscriber before the change's response reached
+    /// its maker (kernel stamps; counted as 0). The event is published inside the
+    /// change's script, before Redis replies to lockd, so this happens.
     pub early: u64,
-    /// Change response to receipt by each subscriber.
+    /// Change response to each subscriber, both as the kernel received them (socket
+    /// receive stamps, `SO_TIMESTAMPNS`): what lockd delivers, independent of how
+    /// quickly this tool reads 1,000s of sockets.
     pub delivery: Latency,
+    /// The same as this tool's tasks saw it: includes the time the tool takes to get
+    /// to each of its sockets (one thread reads them all, by default).
+    pub delivery_read: Latency,
     /// Subscribers whose stream failed or ended early.
     pub errors: u64,
     /// CPU used while the changes ran (per op = per delivery).
@@ -67,7 +75,7 @@ impl SseReport {
     /// Prints the run as a table.
     pub fn print(&self) {
         println!(
-            "sse: S={} ({} connected in {:.1}s), {} events at {:.0} cycles/s: {}/{} deliveries ({} early, {} stream errors)",
+            "sse: S={} ({} connected in {:.1}s), {} events at {:.0}/s: {}/{} deliveries ({} early, {} stream errors)",
             self.config.subscribers,
             self.connected,
             self.connect_s,
@@ -85,7 +93,10 @@ impl SseReport {
             self.rss_per_subscriber_kib,
             self.rss_after_kib as f64 / 1024.0
         );
-        print_latency_table(&[("change response -> subscriber".to_owned(), &self.delivery)]);
+        print_latency_table(&[
+            ("change -> subscriber socket".to_owned(), &self.delivery),
+            ("change -> read by the tool".to_owned(), &self.delivery_read),
+        ]);
         print_cpu(&self.cpu, "delivery");
     }
 }
@@ -141,10 +152,11 @@ pub async fn run(lockd_addr: &str, config: &SseConfig, pids: Pids) -> SseReport 
             );
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
-                let mut seen: Vec<(u32, u64)> = Vec::new();
+                // (event index, read by the tool at, kernel receive stamp)
+                let mut seen: Vec<(u32, u64, u64)> = Vec::new();
                 let stream = {
                     let _permit = gate.acquire().await;
-                    SseStream::open(&addr, "/events").await
+                    SseStream::open(&addr, "/events", true).await
                 };
                 let mut stream = match stream {
                     Ok(stream) => stream,
@@ -159,10 +171,11 @@ pub async fn run(lockd_addr: &str, config: &SseConfig, pids: Pids) -> SseReport 
                 loop {
                     tokio::select! {
                         frame = stream.next_frame() => match frame {
-                            Ok(Some(frame)) => {
+                            Ok(Some((frame, stamp))) => {
                                 let t = now_ns();
                                 if let Some(index) = event_index(&frame) {
-                                    seen.push((u32::try_from(index).unwrap_or(u32::MAX), t));
+                                    let index = u32::try_from(index).unwrap_or(u32::MAX);
+                                    seen.push((index, t, stamp.unwrap_or(0)));
                                     deliveries.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
@@ -187,24 +200,33 @@ pub async fn run(lockd_addr: &str, config: &SseConfig, pids: Pids) -> SseReport 
     sleep_until(now_ns() + secs_ns(config.settle_s)).await;
     let rss_idle_kib = rss();
 
-    // The changes: acquire and release sse:n at a steady rate, noting when each
-    // response arrived.
-    let cycles = (config.rate * config.duration_s).ceil().max(1.0) as usize;
-    let made: Arc<Vec<AtomicU64>> = Arc::new((0..2 * cycles).map(|_| AtomicU64::new(0)).collect());
+    // The changes, evenly spaced: acquire sse:n, release it, acquire sse:n+1, ...,
+    // noting when each response arrived.
+    let cycles = (config.rate * config.duration_s / 2.0).ceil().max(1.0) as usize;
+    // When each change's response arrived: kernel stamp, and as the driver read it.
+    let made: Vec<(AtomicU64, AtomicU64)> = (0..2 * cycles)
+        .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+        .collect();
+    let note = |index: usize, stamp: Option<u64>| {
+        made[index]
+            .0
+            .store(stamp.unwrap_or_else(realtime_ns), Ordering::SeqCst);
+        made[index].1.store(now_ns(), Ordering::SeqCst);
+    };
     let interval_ns = secs_ns(1.0 / config.rate.max(0.001));
     let before = CpuMark::take(pids.redis, pids.lockd);
     let mut events = 0u64;
     let mut driver_errors = 0u64;
-    match HttpConn::connect(lockd_addr).await {
+    match HttpConn::connect_with(lockd_addr, true).await {
         Ok(mut conn) => {
             let body = br#"{"agent_id":"sse-driver","ttl_ms":30000}"#;
             let first = now_ns();
             for n in 0..cycles {
-                sleep_until(first + n as u64 * interval_ns).await;
+                sleep_until(first + 2 * n as u64 * interval_ns).await;
                 let path = format!("/locks/sse:{n}");
                 let token = match conn.request("POST", &path, None, Some(body)).await {
                     Ok(r) if r.status == 201 => {
-                        made[2 * n].store(now_ns(), Ordering::SeqCst);
+                        note(2 * n, r.stamp);
                         events += 1;
                         r.lock_token.unwrap_or_default()
                     }
@@ -213,9 +235,10 @@ pub async fn run(lockd_addr: &str, config: &SseConfig, pids: Pids) -> SseReport 
                         continue;
                     }
                 };
+                sleep_until(first + (2 * n as u64 + 1) * interval_ns).await;
                 match conn.request("DELETE", &path, Some(&token), None).await {
                     Ok(r) if r.status == 204 => {
-                        made[2 * n + 1].store(now_ns(), Ordering::SeqCst);
+                        note(2 * n + 1, r.stamp);
                         events += 1;
                     }
                     _ => driver_errors += 1,
@@ -237,7 +260,8 @@ pub async fn run(lockd_addr: &str, config: &SseConfig, pids: Pids) -> SseReport 
     let rss_after_kib = rss();
     let _ = stop_tx.send(true);
 
-    let mut hist = Hist::default();
+    let mut socket = Hist::default();
+    let mut read = Hist::default();
     let mut early = 0u64;
     let mut received = 0u64;
     let mut errors = driver_errors;
@@ -247,18 +271,24 @@ pub async fn run(lockd_addr: &str, config: &SseConfig, pids: Pids) -> SseReport 
             continue;
         };
         errors += u64::from(failed);
-        for (index, t) in seen {
-            let Some(made_at) = made.get(index as usize).map(|m| m.load(Ordering::SeqCst)) else {
+        for (index, read_at, stamp) in seen {
+            let Some((made_stamp, made_read)) = made
+                .get(index as usize)
+                .map(|(s, r)| (s.load(Ordering::SeqCst), r.load(Ordering::SeqCst)))
+            else {
                 continue;
             };
-            if made_at == 0 {
+            if made_read == 0 {
                 continue;
             }
             received += 1;
-            if t < made_at {
-                early += 1;
+            if stamp != 0 {
+                if stamp < made_stamp {
+                    early += 1;
+                }
+                socket.record(stamp.saturating_sub(made_stamp));
             }
-            hist.record(t.saturating_sub(made_at));
+            read.record(read_at.saturating_sub(made_read));
         }
     }
     let per_subscriber = if n_connected > 0 {
@@ -279,7 +309,8 @@ pub async fn run(lockd_addr: &str, config: &SseConfig, pids: Pids) -> SseReport 
         deliveries_expected: expected,
         deliveries: received,
         early,
-        delivery: hist.summary(),
+        delivery: socket.summary(),
+        delivery_read: read.summary(),
         errors,
         cpu: before.until(&after, received),
     }
