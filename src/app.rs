@@ -70,7 +70,7 @@ impl Application {
         });
         let subscriber = tokio::spawn(events::run_subscriber(
             SubscriberConfig {
-                connection: store::connection_info(&settings.redis)?,
+                redis: settings.redis.clone(),
                 channel: store::event_channel(&settings.redis.key_prefix),
                 connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
             },

@@ -77,10 +77,31 @@ pub struct ServerSettings {
     pub cors_allowed_origins: Vec<String>,
 }
 
+/// Which Redis deployment holds the locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server at `redis.url`.
+    Standalone,
+    /// The primary that Sentinel names.
+    Sentinel,
+}
+
 /// `[redis]`.
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
+    /// The deployment.
+    pub mode: RedisMode,
+    /// Sentinel mode: the Sentinels' URLs.
+    pub sentinels: Vec<String>,
+    /// Sentinel mode: the monitored primary's name.
+    #[serde(deserialize_with = "text")]
+    pub master_name: String,
+    /// Replicas that must acknowledge a grant (WAIT) before it is answered.
+    pub min_replicas_ack: u32,
+    /// How long to wait for those acknowledgements.
+    pub replica_ack_timeout_ms: u64,
     /// Connection URL; may carry a password, so `Debug` hides it.
     #[serde(deserialize_with = "text")]
     pub url: String,
@@ -101,6 +122,11 @@ pub struct RedisSettings {
 impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
+            .field("mode", &self.mode)
+            .field("sentinels", &self.sentinels)
+            .field("master_name", &self.master_name)
+            .field("min_replicas_ack", &self.min_replicas_ack)
+            .field("replica_ack_timeout_ms", &self.replica_ack_timeout_ms)
             .field("url", &redact_url(&self.url))
             .field("tls_ca_file", &self.tls_ca_file)
             .field("key_prefix", &self.key_prefix)
@@ -309,6 +335,43 @@ impl Settings {
                     format!("{}: {e}", self.redis.tls_ca_file),
                 )
             })?;
+        }
+        if self.redis.mode == RedisMode::Sentinel {
+            if self.redis.sentinels.is_empty() {
+                return Err(invalid(
+                    "redis.sentinels",
+                    "sentinel mode needs at least one Sentinel",
+                ));
+            }
+            if let Some(bad) = self
+                .redis
+                .sentinels
+                .iter()
+                .find(|url| !url.starts_with("redis://"))
+            {
+                return Err(invalid(
+                    "redis.sentinels",
+                    format!("{bad:?} is not a redis:// URL"),
+                ));
+            }
+            if self.redis.master_name.is_empty() {
+                return Err(invalid(
+                    "redis.master_name",
+                    "must not be empty in sentinel mode",
+                ));
+            }
+        }
+        if self.redis.min_replicas_ack > 0 {
+            positive(
+                "redis.replica_ack_timeout_ms",
+                self.redis.replica_ack_timeout_ms,
+            )?;
+            if self.redis.replica_ack_timeout_ms >= self.redis.command_timeout_ms {
+                return Err(invalid(
+                    "redis.replica_ack_timeout_ms",
+                    "must be less than redis.command_timeout_ms, which bounds the whole acquire",
+                ));
+            }
         }
         let prefix = &self.redis.key_prefix;
         if prefix.is_empty() || prefix.len() > 64 {

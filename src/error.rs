@@ -158,6 +158,10 @@ pub enum ApiError {
         "this server has as many waiting acquires as it serves; retry shortly or without wait_ms"
     )]
     WaiterLimit,
+    /// 503 `replica_ack_timeout`: fewer replicas than `redis.min_replicas_ack` held the
+    /// grant in time, so it was withdrawn.
+    #[error("{0}; the lock was not granted, retry shortly")]
+    ReplicaAckTimeout(String),
     /// 503 `store_unavailable`: Redis did not answer in time or refused.
     #[error("the lock store is unavailable; the outcome of a change is unknown, retry shortly")]
     StoreUnavailable(#[source] crate::store::StoreError),
@@ -201,6 +205,7 @@ impl ApiError {
             E::KeyEventClientLimit(_) => (StatusCode::TOO_MANY_REQUESTS, "key_event_client_limit"),
             E::EventClientLimit => (StatusCode::SERVICE_UNAVAILABLE, "event_client_limit"),
             E::WaiterLimit => (StatusCode::SERVICE_UNAVAILABLE, "waiter_limit"),
+            E::ReplicaAckTimeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "replica_ack_timeout"),
             E::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -234,6 +239,7 @@ impl ApiError {
             E::KeyEventClientLimit(_) => "Too many event streams for this key",
             E::EventClientLimit => "Too many event streams",
             E::WaiterLimit => "Too many waiting acquires",
+            E::ReplicaAckTimeout(_) => "Replicas did not acknowledge",
             E::StoreUnavailable(_) => "Lock store unavailable",
             E::ShuttingDown => "Shutting down",
             E::Internal(_) => "Internal error",
@@ -246,6 +252,7 @@ impl ApiError {
             // Whole seconds until the lease ends, at least 1.
             Self::LockHeld { holder, .. } => Some(holder.remaining_ms.div_ceil(1000).max(1)),
             Self::StoreUnavailable(_)
+            | Self::ReplicaAckTimeout(_)
             | Self::ShuttingDown
             | Self::WaiterLimit
             | Self::EventClientLimit
@@ -303,6 +310,12 @@ impl IntoResponse for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> Self {
-        Self::StoreUnavailable(error)
+        match error {
+            crate::store::StoreError::ReplicasBehind { .. } => {
+                crate::metrics::redis_error(error.kind());
+                Self::ReplicaAckTimeout(error.to_string())
+            }
+            error => Self::StoreUnavailable(error),
+        }
     }
 }

@@ -22,8 +22,8 @@ const FILL_PAGE: usize = 500;
 /// Where the subscription connects.
 #[derive(Debug, Clone)]
 pub struct SubscriberConfig {
-    /// Where Redis is, TLS settings included.
-    pub connection: redis::ConnectionInfo,
+    /// Where Redis is: the server, or the Sentinels that name the primary.
+    pub redis: crate::config::RedisSettings,
     /// The channel the scripts publish on.
     pub channel: String,
     /// Longest time to connect and subscribe.
@@ -122,7 +122,10 @@ async fn subscribe_and_dispatch(
     config: &SubscriberConfig,
     dispatcher: &mut Dispatcher,
 ) -> Result<(), String> {
-    let client = redis::Client::open(config.connection.clone()).map_err(|e| e.to_string())?;
+    // Asked afresh on every (re)connection: after a failover, Sentinel names the new primary.
+    let client = crate::store::primary_client(&config.redis)
+        .await
+        .map_err(|e| e.to_string())?;
     if dispatcher.last.is_none() {
         // Where the stream stands before the first subscription: anything after it that
         // the subscription does not deliver, the gap fill will.

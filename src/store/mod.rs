@@ -22,8 +22,11 @@
 
 use std::time::Duration;
 
+mod backend;
+
 use deadpool_redis::redis::{self, Script, Value};
-use deadpool_redis::{Pool, Runtime};
+
+use backend::{Backend, Conn};
 
 use crate::config::{RedisSettings, Settings};
 use crate::domain::{AgentId, AgentPattern, IdempotencyKey, LockToken, ResourceId};
@@ -44,6 +47,15 @@ pub enum StoreError {
     /// Redis did not answer within `redis.command_timeout_ms`.
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// Fewer replicas than `redis.min_replicas_ack` acknowledged a grant in time; the grant
+    /// was withdrawn.
+    #[error("only {acked} of {wanted} replicas acknowledged the grant in time")]
+    ReplicasBehind {
+        /// Replicas that acknowledged.
+        acked: u32,
+        /// Replicas required.
+        wanted: u32,
+    },
     /// A script returned something it never returns: a bug or a foreign key in our prefix.
     #[error("unexpected reply from Redis: {0}")]
     Protocol(String),
@@ -57,6 +69,7 @@ impl StoreError {
             Self::Pool(_) => "pool",
             Self::Redis(_) => "redis",
             Self::Timeout(_) => "timeout",
+            Self::ReplicasBehind { .. } => "replicas",
             Self::Protocol(_) => "protocol",
         }
     }
@@ -184,7 +197,7 @@ pub struct Store {
 }
 
 struct Inner {
-    pool: Pool,
+    backend: Backend,
     scripts: Scripts,
     /// `{prefix}{0}:` — every key starts with it.
     key_base: String,
@@ -196,6 +209,9 @@ struct Inner {
     history: String,
     fence_retention_ms: String,
     command_timeout: Duration,
+    /// Replicas that must acknowledge a grant, and how long to wait for them.
+    min_replicas_ack: u32,
+    replica_ack_timeout_ms: u64,
 }
 
 impl Store {
@@ -205,11 +221,11 @@ impl Store {
     /// [`StoreError`] when the URL is not a Redis URL.
     pub fn new(settings: &Settings) -> Result<Self, StoreError> {
         let redis = &settings.redis;
-        let pool = build_pool(redis)?;
+        let backend = Backend::new(redis)?;
         let key_base = format!("{}{{0}}:", redis.key_prefix);
         Ok(Self {
             inner: std::sync::Arc::new(Inner {
-                pool,
+                backend,
                 scripts: Scripts::new(),
                 stream_key: format!("{key_base}events"),
                 expiry_key: format!("{key_base}expiry"),
@@ -220,6 +236,8 @@ impl Store {
                 history: settings.events.history.to_string(),
                 fence_retention_ms: settings.locks.fence_retention_ms.to_string(),
                 command_timeout: Duration::from_millis(redis.command_timeout_ms),
+                min_replicas_ack: redis.min_replicas_ack,
+                replica_ack_timeout_ms: redis.replica_ack_timeout_ms,
             }),
         })
     }
@@ -243,12 +261,22 @@ impl Store {
             .map_err(|_| StoreError::Timeout(limit))?
     }
 
-    async fn connection(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        self.inner
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Pool(e.to_string()))
+    async fn connection(&self) -> Result<Conn, StoreError> {
+        self.inner.backend.get().await
+    }
+
+    /// Passes `result` on, first taking the connection out of the pool when the error
+    /// says it is useless (broken, or still open to a primary that was demoted).
+    fn settle<T>(conn: Conn, result: redis::RedisResult<T>) -> Result<T, StoreError> {
+        match result {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                if Self::useless(&error) {
+                    conn.discard();
+                }
+                Err(error.into())
+            }
+        }
     }
 
     /// Runs a script (EVALSHA, loading it on NOSCRIPT) within the command timeout, pool
@@ -257,16 +285,54 @@ impl Store {
     async fn run(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
         self.timed(async {
             let mut conn = self.connection().await?;
-            Ok(invocation.invoke_async::<Value>(&mut conn).await?)
+            let result = invocation.invoke_async::<Value>(&mut conn).await;
+            Self::settle(conn, result)
         })
         .await
+    }
+
+    /// Runs the acquire script and, when it granted the lock and replicas must
+    /// acknowledge, `WAIT`s for them on the same connection (WAIT covers the writes that
+    /// connection sent). Returns the reply and how many replicas acknowledged.
+    async fn run_acquire(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<(Value, Option<u32>), StoreError> {
+        let inner = &self.inner;
+        self.timed(async {
+            let mut conn = self.connection().await?;
+            let reply = match invocation.invoke_async::<Value>(&mut conn).await {
+                Ok(reply) => reply,
+                Err(error) => return Self::settle(conn, Err(error)),
+            };
+            let granted =
+                matches!(&reply, Value::Array(items) if items.first() == Some(&Value::Int(1)));
+            if !granted || inner.min_replicas_ack == 0 {
+                return Ok((reply, None));
+            }
+            let acked = redis::cmd("WAIT")
+                .arg(inner.min_replicas_ack)
+                .arg(inner.replica_ack_timeout_ms)
+                .query_async::<u32>(&mut conn)
+                .await;
+            let acked = Self::settle(conn, acked)?;
+            Ok((reply, Some(acked)))
+        })
+        .await
+    }
+
+    fn useless(error: &redis::RedisError) -> bool {
+        error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+            || error.is_unrecoverable_error()
+            || error.is_connection_dropped()
     }
 
     /// Runs a plain command within the command timeout.
     async fn query<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Result<T, StoreError> {
         self.timed(async {
             let mut conn = self.connection().await?;
-            Ok(command.query_async::<T>(&mut conn).await?)
+            let result = command.query_async::<T>(&mut conn).await;
+            Self::settle(conn, result)
         })
         .await
     }
@@ -304,7 +370,22 @@ impl Store {
             .arg(&inner.fence_retention_ms)
             .arg(idempotency_digest)
             .arg(sealed);
-        let reply = Reply::new(self.run(invocation).await?)?;
+        let (reply, acked) = self.run_acquire(invocation).await?;
+        if let Some(acked) = acked
+            && acked < inner.min_replicas_ack
+        {
+            // Too few copies to survive a failover: take the grant back rather than hand
+            // out a lock that a promoted replica would not know. If this release fails
+            // too, the lease runs out by itself.
+            let _ = self
+                .release(id, Releaser::Holder(token, &AgentPattern::any()))
+                .await;
+            return Err(StoreError::ReplicasBehind {
+                acked,
+                wanted: inner.min_replicas_ack,
+            });
+        }
+        let reply = Reply::new(reply)?;
         let lease = |ttl_ms| -> Result<Lease, StoreError> {
             Ok(Lease {
                 agent_id: agent.as_str().to_owned(),
@@ -621,6 +702,14 @@ pub fn event_channel(key_prefix: &str) -> String {
     format!("{key_prefix}events")
 }
 
+/// A client for the current primary, for the Pub/Sub subscription.
+///
+/// # Errors
+/// [`StoreError`] when the URL is invalid or no Sentinel names a primary.
+pub async fn primary_client(redis: &RedisSettings) -> Result<redis::Client, StoreError> {
+    Backend::primary_client(redis).await
+}
+
 /// Where and how to reach Redis: the URL, with the TLS roots of `redis.tls_ca_file`
 /// when one is set. Shared by the pool and the Pub/Sub subscription.
 ///
@@ -639,23 +728,6 @@ pub fn connection_info(redis: &RedisSettings) -> Result<redis::ConnectionInfo, S
     };
     let client = redis::Client::build_with_tls(redis.url.as_str(), certificates)?;
     Ok(client.get_connection_info().clone())
-}
-
-fn build_pool(redis: &RedisSettings) -> Result<Pool, StoreError> {
-    let connect = Duration::from_millis(redis.connect_timeout_ms);
-    let command = Duration::from_millis(redis.command_timeout_ms);
-    let connection = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(connect))
-        .set_response_timeout(Some(command));
-    let manager = deadpool_redis::Manager::new_with_config(connection_info(redis)?, connection)?;
-    Pool::builder(manager)
-        .max_size(redis.pool_size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(command))
-        .create_timeout(Some(connect))
-        .recycle_timeout(Some(command))
-        .build()
-        .map_err(|e| StoreError::Pool(e.to_string()))
 }
 
 /// A script's array reply, read by position.

@@ -13,4 +13,5 @@ mod listing;
 mod locks;
 mod operations;
 mod sse;
+mod topologies;
 mod waiting;
