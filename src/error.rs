@@ -165,6 +165,9 @@ pub enum ApiError {
     /// 503 `store_unavailable`: Redis did not answer in time or refused.
     #[error("the lock store is unavailable; the outcome of a change is unknown, retry shortly")]
     StoreUnavailable(#[source] crate::store::StoreError),
+    /// 503 `events_unavailable`: the process's event subscription is down (readiness).
+    #[error("the event subscription is not established yet; waits and event streams would stall")]
+    EventsUnavailable,
     /// 503 `shutting_down`: the server stopped while the request waited.
     #[error("the server is shutting down; retry on another instance")]
     ShuttingDown,
@@ -207,6 +210,7 @@ impl ApiError {
             E::WaiterLimit => (StatusCode::SERVICE_UNAVAILABLE, "waiter_limit"),
             E::ReplicaAckTimeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "replica_ack_timeout"),
             E::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            E::EventsUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "events_unavailable"),
             E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -241,6 +245,7 @@ impl ApiError {
             E::WaiterLimit => "Too many waiting acquires",
             E::ReplicaAckTimeout(_) => "Replicas did not acknowledge",
             E::StoreUnavailable(_) => "Lock store unavailable",
+            E::EventsUnavailable => "Event subscription unavailable",
             E::ShuttingDown => "Shutting down",
             E::Internal(_) => "Internal error",
         }
@@ -253,6 +258,7 @@ impl ApiError {
             Self::LockHeld { holder, .. } => Some(holder.remaining_ms.div_ceil(1000).max(1)),
             Self::StoreUnavailable(_)
             | Self::ReplicaAckTimeout(_)
+            | Self::EventsUnavailable
             | Self::ShuttingDown
             | Self::WaiterLimit
             | Self::EventClientLimit

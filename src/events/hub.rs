@@ -7,6 +7,7 @@
 //! bounded by clients × buffer, whatever the clients do (invariant 8).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::mpsc;
@@ -93,6 +94,8 @@ pub enum Refused {
 pub struct Hub {
     clients: Arc<Mutex<Clients>>,
     limits: HubLimits,
+    /// Whether the process's subscription is up and caught up with the stream.
+    live: Arc<AtomicBool>,
 }
 
 impl Default for Hub {
@@ -111,7 +114,19 @@ impl Hub {
         Self {
             clients: Arc::default(),
             limits,
+            live: Arc::default(),
         }
+    }
+
+    /// Records whether the subscription feeding the hub is up and caught up.
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::Relaxed);
+    }
+
+    /// Whether events flow: the subscription is up and has filled any gap.
+    #[must_use]
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Relaxed)
     }
 
     /// Registers a client. Events published from now on that pass `filter` arrive on the

@@ -151,6 +151,7 @@ async fn subscribe_and_dispatch(
     dispatcher.fill_gap().await.map_err(|e| e.to_string())?;
     // A release may have gone unseen while the subscription was down; waiters retry.
     dispatcher.waiters.wake_all();
+    dispatcher.hub.set_live(true);
 
     let mut messages = pubsub.into_on_message();
     while let Some(message) = messages.next().await {
@@ -166,5 +167,6 @@ async fn subscribe_and_dispatch(
             Err(error) => tracing::warn!(%error, "ignoring a malformed event"),
         }
     }
+    dispatcher.hub.set_live(false);
     Ok(())
 }

@@ -63,11 +63,39 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        axum::Json::<T>::from_request(req, state)
+        let is_json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(is_json_media_type);
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType(
+                "the request body must be JSON, sent with Content-Type: application/json".into(),
+            ));
+        }
+        let body = Bytes::from_request(req, state)
             .await
-            .map(|axum::Json(value)| Self(value))
-            .map_err(json_rejection)
+            .map_err(|rejection| body_error(rejection.status(), rejection.body_text()))?;
+        read_object(&body).map(Self)
     }
+}
+
+/// Reads a JSON body as `T`, refusing anything but a JSON object: serde would read an
+/// array into a struct's fields by position, and the contract takes objects only.
+fn read_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => ApiError::InvalidBody("the request body must be a JSON object".into()),
+                Err(error) => ApiError::MalformedJson(format!(
+                    "Failed to parse the request body as JSON: {error}"
+                )),
+            },
+        );
+    }
+    axum::Json::<T>::from_bytes(body)
+        .map(|axum::Json(value)| value)
+        .map_err(json_rejection)
 }
 
 /// A JSON body that may be left out entirely: no body and no `Content-Type` gives
@@ -78,23 +106,38 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalApiJson<T> 
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let has_content_type = req.headers().contains_key(CONTENT_TYPE);
-        if has_content_type {
-            return ApiJson::<T>::from_request(req, state)
-                .await
-                .map(|ApiJson(value)| Self(Some(value)));
-        }
+        let is_json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(is_json_media_type);
         let body = Bytes::from_request(req, state)
             .await
             .map_err(|rejection| body_error(rejection.status(), rejection.body_text()))?;
+        // An empty body is no body, whatever the headers say: generated clients send
+        // `Content-Type: application/json` even when they leave an optional body out.
         if body.is_empty() {
-            Ok(Self(None))
-        } else {
-            Err(ApiError::UnsupportedMediaType(
-                "a request body needs Content-Type: application/json".into(),
-            ))
+            return Ok(Self(None));
         }
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType(
+                "a request body needs Content-Type: application/json".into(),
+            ));
+        }
+        read_object(&body).map(|value| Self(Some(value)))
     }
+}
+
+/// `application/json` or `application/<anything>+json`, as axum's `Json` accepts.
+fn is_json_media_type(value: &str) -> bool {
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {

@@ -42,7 +42,8 @@ pub async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Readiness: Redis answers, so lock requests can be served.
+/// Readiness: Redis answers and the event subscription is up, so lock requests,
+/// waits and event streams can all be served.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Redis answers", body = Health),
@@ -52,5 +53,8 @@ pub async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state.store.ping().await?;
+    if !state.hub.is_live() {
+        return Err(ApiError::EventsUnavailable);
+    }
     Ok(Json(Health { status: "ready" }))
 }

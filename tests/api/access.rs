@@ -87,6 +87,7 @@ async fn with_auth_on_a_missing_or_unknown_key_gets_401_and_probes_stay_open() {
         .await
         .unwrap();
     assert_problem(basic, 401, "unauthorized").await;
+    crate::helpers::until_subscribed(&redis, &app).await;
     for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
         let response = send(&app, reqwest::Method::GET, path, None, None, None).await;
         assert_eq!(response.status(), 200, "{path} is public");

@@ -333,7 +333,8 @@ impl Drop for TestApp {
     }
 }
 
-/// Waits until `app`'s process has its Pub/Sub subscription to the event channel.
+/// Waits until `app`'s process has its Pub/Sub subscription to the event channel and has
+/// caught up with the stream (readiness says so), so that what follows is live.
 pub async fn until_subscribed(redis: &RedisServer, app: &TestApp) {
     let channel = format!("{}events", app.settings.redis.key_prefix);
     let conn = redis.connection().await;
@@ -353,6 +354,14 @@ pub async fn until_subscribed(redis: &RedisServer, app: &TestApp) {
             }
         },
     )
+    .await;
+    eventually(Duration::from_secs(10), "lockd to be ready", || async {
+        app.client
+            .get(format!("{}/readyz", app.base))
+            .send()
+            .await
+            .is_ok_and(|response| response.status() == 200)
+    })
     .await;
 }
 

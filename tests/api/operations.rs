@@ -27,6 +27,8 @@ async fn healthz_and_readyz_answer_when_redis_is_up() {
         .await
         .unwrap();
     assert_eq!(live, json!({"status": "ok"}));
+    // Ready once the event subscription is up, which follows startup by a moment.
+    crate::helpers::until_subscribed(&redis, &app).await;
     let ready = app
         .client
         .get(format!("{}/readyz", app.base))

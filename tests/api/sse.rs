@@ -199,7 +199,10 @@ async fn bad_event_stream_requests_get_400_problems() {
 async fn an_empty_last_event_id_counts_as_absent() {
     let redis = RedisServer::start().await;
     let app = TestApp::spawn(&redis).await;
+    // "before" has gone out live (a first client saw it) before the second connects.
+    let mut first = EventStream::open(&app, "", None).await;
     app.acquire_ok("before", "agent", 60_000).await;
+    assert_eq!(first.next_json().await["resource_id"], "before");
     let mut stream = EventStream::open(&app, "", Some("")).await;
     app.acquire_ok("after", "agent", 60_000).await;
     assert_eq!(stream.next_json().await["resource_id"], "after");
