@@ -12,11 +12,15 @@ FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 
 # Build the dependencies alone first, so that a change to lockd's own code reuses this layer.
+# The workspace also holds the load tool (bench/): its manifest must be there for cargo to
+# read the workspace, but only lockd is built.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY bench/Cargo.toml bench/Cargo.toml
+RUN mkdir -p src bench/src \
     && echo 'fn main() {}' > src/main.rs \
+    && echo 'fn main() {}' > bench/src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked -p lockd \
     && rm -rf src
 
 # The real sources. The Lua scripts (src/store/scripts/*.lua) and config/default.toml are
@@ -26,7 +30,7 @@ COPY config ./config
 # COPY keeps the files' modification times, which can be older than the placeholder build:
 # touch the crate roots so that cargo rebuilds lockd itself.
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked -p lockd \
     && cp target/release/lockd /usr/local/bin/lockd
 
 # --- run ---------------------------------------------------------------------------------
