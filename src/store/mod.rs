@@ -23,10 +23,12 @@
 use std::time::Duration;
 
 mod backend;
+mod connections;
 
 use deadpool_redis::redis::{self, Script, Value};
 
 use backend::{Backend, Conn};
+use connections::Connections;
 
 use crate::config::{RedisSettings, Settings};
 use crate::domain::{AgentId, AgentPattern, IdempotencyKey, LockToken, ResourceId};
@@ -197,6 +199,9 @@ pub struct Store {
 }
 
 struct Inner {
+    /// Multiplexed connections shared by all requests: the hot path.
+    shared: Connections,
+    /// The pool, for commands that block their connection (`WAIT`).
     backend: Backend,
     scripts: Scripts,
     /// `{prefix}{0}:` — every key starts with it.
@@ -215,7 +220,7 @@ struct Inner {
 }
 
 impl Store {
-    /// Builds the pool; connections open lazily, so Redis need not be up yet.
+    /// Sets up the connections; they open lazily, so Redis need not be up yet.
     ///
     /// # Errors
     /// [`StoreError`] when the URL is not a Redis URL.
@@ -225,6 +230,7 @@ impl Store {
         let key_base = format!("{}{{0}}:", redis.key_prefix);
         Ok(Self {
             inner: std::sync::Arc::new(Inner {
+                shared: Connections::new(redis),
                 backend,
                 scripts: Scripts::new(),
                 stream_key: format!("{key_base}events"),
@@ -279,26 +285,58 @@ impl Store {
         }
     }
 
-    /// Runs a script (EVALSHA, loading it on NOSCRIPT) within the command timeout, pool
-    /// wait included. Dropping the future midway is safe: the multiplexed connection
+    /// Runs `work` on a shared connection within the command timeout, connecting
+    /// included, so a frozen Redis costs a request no more. A connection that breaks,
+    /// answers READONLY or does not answer in time is set aside, and its slot reconnects
+    /// on next use. Dropping the future midway is safe: the multiplexed connection
     /// matches replies to requests by order, so a late reply is discarded.
+    async fn on_shared<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let shared = &self.inner.shared;
+        let limit = self.inner.command_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
+        let lent = tokio::time::timeout_at(deadline, shared.get())
+            .await
+            .map_err(|_| StoreError::Timeout(limit))??;
+        match tokio::time::timeout_at(deadline, work(lent.connection.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                // A response timeout or a reset is an I/O error.
+                if Self::useless(&error) || error.is_io_error() {
+                    shared.set_aside(&lent);
+                }
+                Err(error.into())
+            }
+            Err(_) => {
+                shared.set_aside(&lent);
+                Err(StoreError::Timeout(limit))
+            }
+        }
+    }
+
+    /// Runs a script (EVALSHA, loading it on NOSCRIPT) on a shared connection within
+    /// the command timeout.
     async fn run(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
-        self.timed(async {
-            let mut conn = self.connection().await?;
-            let result = invocation.invoke_async::<Value>(&mut conn).await;
-            Self::settle(conn, result)
-        })
-        .await
+        self.on_shared(|mut conn| async move { invocation.invoke_async::<Value>(&mut conn).await })
+            .await
     }
 
     /// Runs the acquire script and, when it granted the lock and replicas must
     /// acknowledge, `WAIT`s for them on the same connection (WAIT covers the writes that
-    /// connection sent). Returns the reply and how many replicas acknowledged.
+    /// connection sent). Returns the reply and how many replicas acknowledged. `WAIT`
+    /// blocks its connection, so with replica acknowledgement on, acquires take a pooled
+    /// connection of their own rather than a shared one.
     async fn run_acquire(
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<(Value, Option<u32>), StoreError> {
         let inner = &self.inner;
+        if inner.min_replicas_ack == 0 {
+            return Ok((self.run(invocation).await?, None));
+        }
         self.timed(async {
             let mut conn = self.connection().await?;
             let reply = match invocation.invoke_async::<Value>(&mut conn).await {
@@ -307,7 +345,7 @@ impl Store {
             };
             let granted =
                 matches!(&reply, Value::Array(items) if items.first() == Some(&Value::Int(1)));
-            if !granted || inner.min_replicas_ack == 0 {
+            if !granted {
                 return Ok((reply, None));
             }
             let acked = redis::cmd("WAIT")
@@ -327,14 +365,10 @@ impl Store {
             || error.is_connection_dropped()
     }
 
-    /// Runs a plain command within the command timeout.
+    /// Runs a plain command on a shared connection within the command timeout.
     async fn query<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Result<T, StoreError> {
-        self.timed(async {
-            let mut conn = self.connection().await?;
-            let result = command.query_async::<T>(&mut conn).await;
-            Self::settle(conn, result)
-        })
-        .await
+        self.on_shared(|mut conn| async move { command.query_async::<T>(&mut conn).await })
+            .await
     }
 
     /// Grants the lock to `token`'s holder unless someone holds it.

@@ -1,0 +1,186 @@
+//! Redis connections shared by every request.
+//!
+//! A multiplexed connection carries many requests at once: each command is written as it
+//! comes and replies are matched to requests by order, so concurrent requests pipeline
+//! on one socket (one `write` and one `read` for several of them, on both sides) instead
+//! of each holding a connection of its own. The store keeps `redis.pool_size` of them
+//! and hands them out in turn. Taking one costs no round trip, where a checkout from the
+//! deadpool pool first sends `UNWATCH` and `PING`, doubling a request's round trips.
+//!
+//! A connection that fails (an I/O error, a dropped connection, a READONLY primary, or
+//! no reply within the command timeout) is set aside: requests still in flight on it
+//! finish or fail on their own, and the next request on its slot opens a new one, to the
+//! primary that Sentinel names now in Sentinel mode. Connections open lazily, so lockd
+//! starts while Redis is down and recovers by itself.
+//!
+//! A connection can die unseen, say when Redis restarts while lockd is idle. So, like a
+//! pool checkout, a connection is checked with `PING` before it serves, but only when it
+//! has not served for a second, or when another connection broke since it last served:
+//! under load that is never, and after a restart no request fails for a stale
+//! connection.
+//!
+//! Commands that block the connection they run on (`WAIT`) must not share one: they go
+//! through the pool, which lends each request a connection of its own.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::{self, AsyncConnectionConfig};
+
+use super::{StoreError, backend::Backend};
+use crate::config::RedisSettings;
+
+/// The shared connections.
+pub(super) struct Connections {
+    redis: RedisSettings,
+    config: AsyncConnectionConfig,
+    slots: Box<[Slot]>,
+    /// The slot the next request takes.
+    next: AtomicUsize,
+    /// Tells connections apart, so a failure sets aside only the one that failed.
+    generation: AtomicU64,
+    /// Clock of `last_served` and `broken_at`.
+    epoch: Instant,
+    /// When a connection last broke (ms since `epoch`, 0: never): the others are checked
+    /// before they serve again.
+    broken_at: AtomicU64,
+}
+
+/// A connection that has not served for this long is checked before it serves.
+const IDLE_CHECK_MS: u64 = 1000;
+
+#[derive(Default)]
+struct Slot {
+    live: Mutex<Option<Shared>>,
+    /// Held while a connection for this slot is being opened: one attempt at a time.
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn live(&self) -> Option<Shared> {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    connection: MultiplexedConnection,
+    generation: u64,
+    /// When it was last lent out or checked (ms since `epoch`).
+    last_served: Arc<AtomicU64>,
+}
+
+/// A connection lent to one request: a handle to a shared one.
+pub(super) struct Lent {
+    /// The connection.
+    pub(super) connection: MultiplexedConnection,
+    slot: usize,
+    generation: u64,
+}
+
+impl Connections {
+    /// `redis.pool_size` connections to the primary; none is opened yet.
+    pub(super) fn new(redis: &RedisSettings) -> Self {
+        Self {
+            redis: redis.clone(),
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_millis(redis.connect_timeout_ms)))
+                .set_response_timeout(Some(Duration::from_millis(redis.command_timeout_ms))),
+            slots: (0..redis.pool_size.max(1))
+                .map(|_| Slot::default())
+                .collect(),
+            next: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            epoch: Instant::now(),
+            broken_at: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether `shared` must answer a `PING` before it serves.
+    fn needs_check(&self, shared: &Shared, now: u64) -> bool {
+        let served = shared.last_served.load(Ordering::Relaxed);
+        now.saturating_sub(served) >= IDLE_CHECK_MS
+            || served <= self.broken_at.load(Ordering::Relaxed)
+    }
+
+    /// The next connection in turn, opened first if its slot has none, checked first
+    /// if it may have died unseen. The caller bounds the wait (the command timeout).
+    pub(super) async fn get(&self) -> Result<Lent, StoreError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let slot = &self.slots[index];
+        let now = self.now_ms();
+        let shared = match slot.live() {
+            Some(shared) if !self.needs_check(&shared, now) => shared,
+            _ => {
+                let _opening = slot.opening.lock().await;
+                self.checked_or_new(slot).await?
+            }
+        };
+        shared.last_served.fetch_max(now, Ordering::Relaxed);
+        Ok(Lent {
+            connection: shared.connection,
+            slot: index,
+            generation: shared.generation,
+        })
+    }
+
+    /// With the slot's opening lock held: its connection if it answers a `PING` (or was
+    /// checked meanwhile), else a new one.
+    async fn checked_or_new(&self, slot: &Slot) -> Result<Shared, StoreError> {
+        if let Some(shared) = slot.live() {
+            let now = self.now_ms();
+            if !self.needs_check(&shared, now) {
+                return Ok(shared);
+            }
+            let mut connection = shared.connection.clone();
+            let pong = redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await;
+            if pong.is_ok() {
+                shared.last_served.fetch_max(now, Ordering::Relaxed);
+                return Ok(shared);
+            }
+        }
+        let shared = Shared {
+            connection: self.open().await?,
+            generation: self.generation.fetch_add(1, Ordering::Relaxed),
+            last_served: Arc::new(AtomicU64::new(self.now_ms())),
+        };
+        *slot.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(shared.clone());
+        Ok(shared)
+    }
+
+    async fn open(&self) -> Result<MultiplexedConnection, StoreError> {
+        let pool_error = |e: deadpool_redis::redis::RedisError| StoreError::Pool(e.to_string());
+        Backend::primary_client(&self.redis)
+            .await?
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+            .map_err(pool_error)
+    }
+
+    /// Sets `lent`'s connection aside after it failed; its slot opens a new one next,
+    /// and the other connections are checked before they serve again.
+    pub(super) fn set_aside(&self, lent: &Lent) {
+        self.broken_at.fetch_max(self.now_ms(), Ordering::Relaxed);
+        let mut live = self.slots[lent.slot]
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if live
+            .as_ref()
+            .is_some_and(|shared| shared.generation == lent.generation)
+        {
+            *live = None;
+        }
+    }
+}
