@@ -10,7 +10,8 @@
 //! openapi-python-client (see `.ci/run`).
 
 use utoipa::openapi::header::Header;
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
@@ -58,16 +59,49 @@ use crate::routes::{events, health, locks};
 )]
 pub struct ApiDoc;
 
+/// Paths that stay open when `auth.enabled` is on (see `auth::authenticate`); every other
+/// operation takes a bearer API key then. A test checks this against the running service.
+pub const PUBLIC_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// The name of the bearer-key security scheme.
+const API_KEY: &str = "api_key";
+
+/// Response headers that lockd always sends where they are declared.
+const ALWAYS_SENT: [&str; 4] = ["Location", "Lock-Token", "Retry-After", "WWW-Authenticate"];
+
 /// What every operation shares, and what the annotations cannot express:
 /// - 408 `request_timeout` and 500 `internal_error`, which any route can answer (the
-///   timeout and panic layers wrap them all);
-/// - every response header declared is always sent, so it is `required`;
-/// - `Retry-After` is a whole number of seconds, at least 1.
+///   timeout and panic layers wrap them all), and 503 `connection_limit`, which the
+///   accept loop answers on any route when `server.max_connections` are open;
+/// - with `auth.enabled`, a bearer API key on every route but [`PUBLIC_PATHS`]: the
+///   security requirement (optional, since auth is off by default), 401 `unauthorized`
+///   and 403 `forbidden`;
+/// - the headers that are always sent are `required`; `Retry-After` is a whole number of
+///   seconds, at least 1;
+/// - an optional request body (`Option<T>` in an annotation) is `T`, not required: utoipa
+///   renders it as "`T` or JSON `null`", but lockd reads no body, not a `null` one.
 pub struct CommonResponses;
 
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for item in openapi.paths.paths.values_mut() {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                API_KEY,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(
+                            "An API key from `[[auth.keys]]`, when `auth.enabled` is on \
+                             (it is off by default). Each key has scopes (`lock`, `read`, \
+                             `admin`) and a glob of the agent ids it may act as.",
+                        ))
+                        .build(),
+                ),
+            );
+        for (path, item) in &mut openapi.paths.paths {
+            let protected = !PUBLIC_PATHS.contains(&path.as_str());
             let operations = [
                 &mut item.get,
                 &mut item.put,
@@ -76,18 +110,69 @@ impl Modify for CommonResponses {
                 &mut item.patch,
             ];
             for operation in operations.into_iter().flatten() {
+                if let Some(RefOr::T(body)) = &mut operation.request_body {
+                    for content in body.content.values_mut() {
+                        if let RefOr::T(content) = content {
+                            drop_null_alternative(&mut content.schema);
+                        }
+                    }
+                }
                 let responses = &mut operation.responses.responses;
+                if protected {
+                    operation.security = Some(vec![
+                        SecurityRequirement::default(),
+                        SecurityRequirement::new(API_KEY, Vec::<String>::new()),
+                    ]);
+                    responses.entry("401".to_owned()).or_insert_with(|| {
+                        let mut response = problem_response(
+                            "`unauthorized`: `auth.enabled` is on and the request has no \
+                             `Authorization: Bearer <key>`, or an unknown key",
+                        );
+                        if let RefOr::T(response) = &mut response {
+                            response.headers.insert(
+                                "WWW-Authenticate".to_owned(),
+                                RefOr::T(Header::new(
+                                    ObjectBuilder::new().schema_type(Type::String),
+                                )),
+                            );
+                        }
+                        response
+                    });
+                    responses.entry("403".to_owned()).or_insert_with(|| {
+                        problem_response(
+                            "`forbidden`: the API key lacks the scope this needs \
+                             (`read` here)",
+                        )
+                    });
+                }
                 for (status, description) in [
                     (
                         "408",
                         "`request_timeout`: the request took longer than \
                          `server.request_timeout_ms`",
                     ),
-                    ("500", "`internal_error`: a bug; the cause is logged, never shown"),
+                    (
+                        "500",
+                        "`internal_error`: a bug; the cause is logged, never shown",
+                    ),
+                    ("503", ""),
                 ] {
                     responses
                         .entry(status.to_owned())
                         .or_insert_with(|| problem_response(description));
+                }
+                if let Some(RefOr::T(unavailable)) = responses.get_mut("503") {
+                    if !unavailable.description.is_empty() {
+                        unavailable.description.push_str("; or ");
+                    }
+                    unavailable.description.push_str(
+                        "`connection_limit`: the server has `server.max_connections` \
+                         connections open (it then closes this one)",
+                    );
+                    unavailable
+                        .headers
+                        .entry("Retry-After".to_owned())
+                        .or_insert_with(|| RefOr::T(Header::default()));
                 }
                 for response in responses.values_mut() {
                     let RefOr::T(response) = response else {
@@ -95,8 +180,13 @@ impl Modify for CommonResponses {
                     };
                     for (name, header) in &mut response.headers {
                         let RefOr::T(header) = header else { continue };
-                        mark_required(header);
+                        if ALWAYS_SENT.contains(&name.as_str()) {
+                            mark_required(header);
+                        }
                         if name == "Retry-After" {
+                            header.description.get_or_insert_with(|| {
+                                "Seconds to wait before retrying".to_owned()
+                            });
                             header.schema = Some(
                                 ObjectBuilder::new()
                                     .schema_type(Type::Integer)
@@ -108,6 +198,20 @@ impl Modify for CommonResponses {
                 }
             }
         }
+    }
+}
+
+/// `oneOf: [T, {type: null}]` becomes `T`.
+fn drop_null_alternative(schema: &mut Option<RefOr<Schema>>) {
+    let Some(RefOr::T(Schema::OneOf(one_of))) = schema else {
+        return;
+    };
+    let is_null = |item: &RefOr<Schema>| {
+        matches!(item, RefOr::T(Schema::Object(object))
+            if object.schema_type == SchemaType::Type(Type::Null))
+    };
+    if one_of.items.len() == 2 && one_of.items.iter().any(is_null) {
+        *schema = one_of.items.iter().find(|item| !is_null(item)).cloned();
     }
 }
 

@@ -20,6 +20,8 @@ static CONFIG: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| {
         // From `/docs/`, this is `/openapi.json`.
         Config::new(["../openapi.json"])
             .validator_url("none")
+            // No "explore another URL" bar: this page documents this server.
+            .use_base_layout()
             .display_operation_id(true)
             .try_it_out_enabled(true),
     )
@@ -45,17 +47,21 @@ fn asset(path: &str) -> Response {
         Ok(Some(file)) => {
             let content_type = HeaderValue::try_from(file.content_type)
                 .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-            let mut response = ([(header::CONTENT_TYPE, content_type)], file.bytes.into_owned())
+            let mut response = (
+                [(header::CONTENT_TYPE, content_type)],
+                file.bytes.into_owned(),
+            )
                 .into_response();
             if file.gzpipped {
-                response.headers_mut().insert(
-                    header::CONTENT_ENCODING,
-                    HeaderValue::from_static("gzip"),
-                );
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
             }
             response
         }
         Ok(None) => ApiError::RouteNotFound(format!("/docs/{path}")).into_response(),
-        Err(error) => ApiError::Internal(format!("Swagger UI asset {path}: {error}")).into_response(),
+        Err(error) => {
+            ApiError::Internal(format!("Swagger UI asset {path}: {error}")).into_response()
+        }
     }
 }

@@ -117,6 +117,8 @@ pub enum UnlockReason {
     Released,
     /// Its lease ran out.
     Expired,
+    /// An administrator released it with `force=true`.
+    Forced,
 }
 
 /// Sent first when a resume asks for events older than the stream still holds.
@@ -222,7 +224,6 @@ impl utoipa::ToSchema for EventFrame {
     }
 }
 
-
 /// Events replayed from the stream per Redis call.
 const REPLAY_PAGE: usize = 256;
 /// The comment that keeps idle connections (and proxies) from timing out.
@@ -250,7 +251,12 @@ const KEEPALIVE: &[u8] = b":\n\n";
             content_type = "text/event-stream", body = EventFrame),
         (status = 400, description = "`invalid_query` (an unknown event type or parameter) or \
             `invalid_last_event_id`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`: Redis unavailable while resuming",
+        (status = 429, description = "`key_event_client_limit`: this API key already has \
+            `events.max_clients_per_key` streams open",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "`store_unavailable` (Redis unavailable while resuming) or \
+            `event_client_limit` (the server has `events.max_clients` streams open)",
             body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )

@@ -44,10 +44,12 @@ pub struct AcquireRequest {
     /// Lease length in ms, 1 to `locks.max_ttl_ms` (the maximum shown is the default
     /// setting); default `locks.default_ttl_ms` (30000). Null means the default.
     #[schema(minimum = 1, maximum = 3_600_000, example = 30000)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub ttl_ms: Option<u64>,
     /// How long the server may wait for a busy lock, 0 to `locks.max_wait_ms` (the maximum
     /// shown is the default setting); default 0, do not wait. Null means the default.
     #[schema(minimum = 0, maximum = 60_000, example = 5000)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub wait_ms: Option<u64>,
 }
 
@@ -59,7 +61,38 @@ pub struct RefreshRequest {
     /// New lease length in ms from now, 1 to `locks.max_ttl_ms` (the maximum shown is the
     /// default setting); default (or null): the lease's original length.
     #[schema(minimum = 1, maximum = 3_600_000, example = 60000)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub ttl_ms: Option<u64>,
+}
+
+/// Reads an optional count of milliseconds that JSON may spell `30000` or `30000.0`.
+///
+/// JSON Schema's `integer`, and clients that compute in floating point, count `30000.0`
+/// as a whole number; serde's `u64` alone refuses it. Fractions, negatives and
+/// non-numbers stay errors (422 `invalid_body`).
+fn whole_number<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(whole) = number.as_u64() {
+        return Ok(Some(whole));
+    }
+    match number.as_f64() {
+        // Saturates above u64::MAX, which the range checks then refuse.
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a non-negative whole number; saturation is fine"
+        )]
+        Some(float) if float >= 0.0 && float.fract() == 0.0 => Ok(Some(float as u64)),
+        _ => Err(D::Error::custom(format!(
+            "expected a whole number of milliseconds, got {number}"
+        ))),
+    }
 }
 
 /// A granted lease, as acquire and refresh return it.
@@ -128,23 +161,23 @@ pub struct LockStatus {
     pub resource_id: String,
     /// Whether an unexpired lease holds it.
     pub locked: bool,
-    /// The holder. Present only when locked, like the fields below.
+    /// The holder (only when locked).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = String)]
     pub agent_id: Option<String>,
-    /// The holder's fencing token (below 2^53).
+    /// The holder's fencing token, below 2^53 (only when locked).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = u64, maximum = 9_007_199_254_740_991_u64)]
     pub fencing_token: Option<u64>,
-    /// When the lock was acquired (Redis's clock).
+    /// When the lock was acquired, by Redis's clock (only when locked).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = String, format = DateTime)]
     pub acquired_at: Option<UnixMillis>,
-    /// When the lease ends unless refreshed (Redis's clock).
+    /// When the lease ends unless refreshed, by Redis's clock (only when locked).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: Option<UnixMillis>,
-    /// Milliseconds left on the lease.
+    /// Milliseconds left on the lease (only when locked).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = u64)]
     pub ttl_remaining_ms: Option<u64>,
@@ -230,6 +263,37 @@ pub struct LockTokenParam {
     lock_token: String,
 }
 
+/// The `Idempotency-Key` request header of acquire, for the OpenAPI document.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "describes the header for OpenAPI only")]
+pub struct IdempotencyKeyParam {
+    /// Makes a retry safe: a repeat of an acquire that was granted, with the same key, by
+    /// the same agent, for the same resource, while that lease lasts, gets the same grant
+    /// (same token) back, marked `Idempotent-Replayed: true`, and changes nothing. 1 to
+    /// 255 visible ASCII characters; a UUID is ideal.
+    #[param(rename = "Idempotency-Key", required = false, value_type = String,
+        pattern = "^[!-~]{1,255}$", example = "7d0b7c2e-5f43-4a54-9d6f-0c1c7a3e9b21")]
+    idempotency_key: Option<String>,
+}
+
+/// The `Lock-Token` request header of release, which `force=true` does without.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "describes the header for OpenAPI only")]
+pub struct ReleaseTokenParam {
+    /// The `token` that acquire returned; required unless `force=true`. The pattern is the
+    /// shape lockd issues (a hyphenated UUID); anything else is 400 `invalid_lock_token`.
+    #[param(
+        rename = "Lock-Token",
+        required = false,
+        value_type = String,
+        pattern = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$",
+        example = "6f1c1d1e-8a43-4d5f-9a8e-0c2b5d4e7f10"
+    )]
+    lock_token: Option<String>,
+}
+
 /// Acquire a lock.
 ///
 /// Grants the lock on `resource_id` to `agent_id` for `ttl_ms`, or answers 409 when it
@@ -242,7 +306,7 @@ pub struct LockTokenParam {
     post,
     path = "/locks/{resource_id}",
     tag = "locks",
-    params(ResourceIdParam),
+    params(ResourceIdParam, IdempotencyKeyParam),
     request_body(content = AcquireRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Acquired. The token is in the body and in `Lock-Token`.",
@@ -250,6 +314,8 @@ pub struct LockTokenParam {
             headers(
                 ("Location" = String, description = "The lock's URL, `/locks/{resource_id}`"),
                 ("Lock-Token" = String, description = "The lock token, as in the body"),
+                ("Idempotent-Replayed" = String,
+                    description = "`true` when this is the grant an earlier request with the same `Idempotency-Key` got; absent otherwise"),
             ),
             links(
                 ("get_lock" = (operation_id = "get_lock",
@@ -264,8 +330,10 @@ pub struct LockTokenParam {
                         ("Lock-Token" = "$response.header.Lock-Token")),
                     description = "Release the lock just acquired")),
             )),
-        (status = 400, description = "`invalid_resource_id`, or `malformed_json` (the body is not JSON)",
+        (status = 400, description = "`invalid_resource_id`, `invalid_idempotency_key`, or `malformed_json` (the body is not JSON)",
             body = Problem, content_type = "application/problem+json", example = examples::invalid_resource_id),
+        (status = 403, description = "`forbidden`: the API key lacks the `lock` scope, or may not act as `agent_id`",
+            body = Problem, content_type = "application/problem+json", example = examples::forbidden),
         (status = 409, description = "`lock_held`: still held after `wait_ms` (by anyone, the caller included)",
             body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Whole seconds until the current lease ends, at least 1")), example = examples::lock_held),
@@ -276,8 +344,9 @@ pub struct LockTokenParam {
         (status = 422, description = "`invalid_body`, `invalid_agent_id`, `invalid_ttl_ms` or `invalid_wait_ms`: \
             wrong types, missing or unknown fields, or out-of-range values",
             body = Problem, content_type = "application/problem+json", example = examples::invalid_ttl_ms),
-        (status = 503, description = "`store_unavailable` (Redis unavailable: the outcome is unknown) or \
-            `shutting_down` (the server stopped while the request waited)",
+        (status = 503, description = "`store_unavailable` (Redis unavailable: the outcome is unknown), \
+            `shutting_down` (the server stopped while the request waited), or `waiter_limit` \
+            (`locks.max_waiters` requests already wait; acquires without `wait_ms` are not limited)",
             body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying")), example = examples::store_unavailable),
     )
@@ -440,22 +509,28 @@ async fn acquire_waiting(
 pub struct ReleaseQuery {
     /// `true`: release whoever holds the lock, without its token (needs the `admin`
     /// scope). The `resource.unlocked` event then says `reason: "forced"`.
+    #[param(required = false, value_type = bool)]
     pub force: Option<bool>,
 }
 
 /// Release a lock.
 ///
 /// Ends the lease held under the `Lock-Token` header and emits `resource.unlocked`.
-/// Only the holder's token works; nothing changes otherwise.
+/// Only the holder's token works; nothing changes otherwise. An administrator can end
+/// anyone's lease with `force=true` instead of a token.
 #[utoipa::path(
     delete,
     path = "/locks/{resource_id}",
     tag = "locks",
-    params(ResourceIdParam, LockTokenParam),
+    params(ResourceIdParam, ReleaseTokenParam, ReleaseQuery),
     responses(
         (status = 204, description = "Released; `resource.unlocked` went out"),
-        (status = 400, description = "`invalid_resource_id`, `missing_lock_token` or `invalid_lock_token`",
+        (status = 400, description = "`invalid_resource_id`, `missing_lock_token`, `invalid_lock_token`, \
+            or `invalid_query` (`force` is not `true` or `false`)",
             body = Problem, content_type = "application/problem+json", example = examples::invalid_lock_token),
+        (status = 403, description = "`forbidden`: the API key lacks the `lock` scope (`admin` for `force`), \
+            or may not act as the lock's holder",
+            body = Problem, content_type = "application/problem+json", example = examples::forbidden),
         (status = 404, description = "`lock_not_found`: nothing holds the lock (it expired or was never taken)",
             body = Problem, content_type = "application/problem+json", example = examples::lock_not_found),
         (status = 409, description = "`not_lock_owner`: held under another token; nothing changed",
@@ -476,7 +551,12 @@ pub async fn release_lock(
     let force = query.force.unwrap_or(false);
     let token = if force {
         principal.require(Scope::Admin)?;
-        None
+        // A forced release needs no token, but a malformed one is still refused: a
+        // malformed request changes nothing.
+        match token {
+            Ok(_) | Err(ApiError::MissingLockToken) => None,
+            Err(malformed) => return Err(malformed),
+        }
     } else {
         principal.require(Scope::Lock)?;
         Some(token?.0)
@@ -519,13 +599,15 @@ fn forbidden_agent(principal: &Principal, agent: &str) -> ApiError {
     path = "/locks/{resource_id}",
     tag = "locks",
     params(ResourceIdParam, LockTokenParam),
-    request_body(content = RefreshRequest, content_type = "application/json",
+    request_body(content = Option<RefreshRequest>, content_type = "application/json",
         description = "Optional: without a body (and without `Content-Type`) the lease gets its original length"),
     responses(
         (status = 200, description = "Refreshed: same `token` and `fencing_token`, new `expires_at`",
             body = LockGrant),
         (status = 400, description = "`invalid_resource_id`, `missing_lock_token`, `invalid_lock_token` or `malformed_json`",
             body = Problem, content_type = "application/problem+json", example = examples::invalid_lock_token),
+        (status = 403, description = "`forbidden`: the API key lacks the `lock` scope, or may not act as the lock's holder",
+            body = Problem, content_type = "application/problem+json", example = examples::forbidden),
         (status = 404, description = "`lock_not_found`: nothing holds the lock; an expired lease is never revived",
             body = Problem, content_type = "application/problem+json", example = examples::lock_not_found),
         (status = 409, description = "`not_lock_owner`: held under another token; nothing changed",
@@ -761,6 +843,12 @@ mod examples {
         })
     }
 
+    pub(super) fn forbidden() -> Value {
+        problem(&ApiError::Forbidden(
+            "API key ci may not act as agent prod-7 (it covers ci-*)".into(),
+        ))
+    }
+
     pub(super) fn lock_held() -> Value {
         problem(&ApiError::LockHeld {
             resource_id: RESOURCE.into(),
@@ -780,15 +868,38 @@ mod examples {
     }
 
     pub(super) fn store_unavailable() -> Value {
-        problem(&ApiError::StoreUnavailable(
-            crate::store::StoreError::Pool("example".into()),
-        ))
+        problem(&ApiError::StoreUnavailable(crate::store::StoreError::Pool(
+            "example".into(),
+        )))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_lengths_may_be_written_as_whole_floats_but_not_fractions() {
+        let parse = |json: &str| serde_json::from_str::<AcquireRequest>(json).map(|r| r.ttl_ms);
+        assert_eq!(parse(r#"{"agent_id": "a"}"#).unwrap(), None);
+        assert_eq!(parse(r#"{"agent_id": "a", "ttl_ms": null}"#).unwrap(), None);
+        assert_eq!(
+            parse(r#"{"agent_id": "a", "ttl_ms": 30000}"#).unwrap(),
+            Some(30_000)
+        );
+        assert_eq!(
+            parse(r#"{"agent_id": "a", "ttl_ms": 30000.0}"#).unwrap(),
+            Some(30_000)
+        );
+        assert_eq!(
+            parse(r#"{"agent_id": "a", "ttl_ms": 3e4}"#).unwrap(),
+            Some(30_000)
+        );
+        for bad in ["0.5", "-1", "-1.0", "\"30000\"", "true"] {
+            let json = format!(r#"{{"agent_id": "a", "ttl_ms": {bad}}}"#);
+            assert!(parse(&json).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn cursors_round_trip_and_reject_forgeries() {

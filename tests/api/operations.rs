@@ -1,4 +1,5 @@
-//! Probes, the binary's configuration and signals, timeouts, and the OpenAPI snapshot.
+//! Probes, the binary's configuration and signals, timeouts, and the OpenAPI document:
+//! its snapshot, how it is served, and the docs page that browses it.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -116,10 +117,16 @@ async fn the_committed_openapi_document_matches_the_code() {
     let generated = lockd::openapi::document_json();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
     let committed = std::fs::read_to_string(path).unwrap_or_default();
+    let first_difference = committed
+        .lines()
+        .zip(generated.lines())
+        .position(|(old, new)| old != new)
+        .unwrap_or_else(|| committed.lines().count().min(generated.lines().count()));
     assert!(
         committed == generated,
-        "openapi/openapi.json is out of date; regenerate it with:\n\n    \
-         cargo run -- openapi > openapi/openapi.json\n"
+        "openapi/openapi.json is out of date (first difference at line {}); regenerate it \
+         with:\n\n    cargo run -- openapi > openapi/openapi.json\n",
+        first_difference + 1
     );
 }
 
@@ -146,6 +153,145 @@ async fn the_openapi_document_is_served() {
             "{operation}"
         );
     }
+}
+
+/// The document says which operations take an API key; with auth on, exactly those
+/// answer 401 to a request without one.
+#[tokio::test]
+async fn the_documented_security_matches_which_routes_need_a_key() {
+    let redis = RedisServer::start().await;
+    let mut settings = test_settings(&redis);
+    settings.auth.enabled = true;
+    let app = TestApp::spawn_with(settings).await;
+    let document: Value = serde_json::from_str(&lockd::openapi::document_json()).unwrap();
+    let mut checked = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let url = format!("{}{}", app.base, path.replace("{resource_id}", "r"));
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let response = app
+                .client
+                .request(method.clone(), url)
+                .header("Lock-Token", "6f1c1d1e-8a43-4d5f-9a8e-0c2b5d4e7f10")
+                .json(&json!({"agent_id": "agent-a"}))
+                .send()
+                .await
+                .unwrap();
+            let documented = operation["security"]
+                .as_array()
+                .is_some_and(|security| security.iter().any(|s| s.get("api_key").is_some()));
+            assert_eq!(
+                response.status() == 401,
+                documented,
+                "{method} {path} answered {} without a key",
+                response.status()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 9, "{checked}");
+}
+
+#[tokio::test]
+async fn docs_serve_swagger_ui_and_all_its_assets_from_the_binary() {
+    let redis = RedisServer::start().await;
+    let app = TestApp::spawn(&redis).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: String| {
+        let (client, url) = (client.clone(), format!("{}{path}", app.base));
+        async move { client.get(url).send().await.unwrap() }
+    };
+
+    let redirect = get("/docs".into()).await;
+    assert_eq!(redirect.status(), 308);
+    assert_eq!(redirect.headers()["location"], "docs/");
+
+    let page = get("/docs/".into()).await;
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+
+    // Every script, style and icon the page loads is relative, served by lockd itself:
+    // the page needs nothing from the internet.
+    let assets: Vec<&str> = html
+        .split(['"', '\''])
+        .skip(1)
+        .step_by(2)
+        .filter(|value| {
+            [".js", ".css", ".png"]
+                .iter()
+                .any(|extension| value.ends_with(extension))
+        })
+        .collect();
+    assert!(assets.len() >= 4, "{assets:?}");
+    for asset in &assets {
+        assert!(!asset.contains("//"), "{asset} is not served by lockd");
+        let response = get(format!("/docs/{}", asset.trim_start_matches("./"))).await;
+        assert_eq!(response.status(), 200, "{asset}");
+        assert!(!response.bytes().await.unwrap().is_empty(), "{asset}");
+    }
+    let initializer = get("/docs/swagger-initializer.js".into())
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        initializer.contains("\"url\": \"../openapi.json\""),
+        "{initializer}"
+    );
+    assert!(
+        initializer.contains("\"validatorUrl\": \"none\""),
+        "{initializer}"
+    );
+
+    assert_problem(get("/docs/nothing-here.js".into()).await, 404, "not_found").await;
+}
+
+/// Generated clients (openapi-python-client, for one) send `Content-Type:
+/// application/json` even when they leave the optional refresh body out.
+#[tokio::test]
+async fn a_refresh_with_a_json_content_type_and_no_body_keeps_the_original_length() {
+    let redis = RedisServer::start().await;
+    let app = TestApp::spawn(&redis).await;
+    let grant = app.acquire_ok("r", "agent-a", 30_000).await;
+    let token = grant["token"].as_str().unwrap();
+    let longer = app
+        .refresh("r", token, Some(json!({"ttl_ms": 60_000})))
+        .await;
+    assert_eq!(longer.status(), 200);
+
+    let response = app
+        .client
+        .patch(app.lock_url("r"))
+        .header("Lock-Token", token)
+        .header("Content-Type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let refreshed: Value = response.json().await.unwrap();
+    assert_eq!(refreshed["ttl_ms"], 30_000);
+
+    // A body still needs a JSON content type.
+    let response = app
+        .client
+        .patch(app.lock_url("r"))
+        .header("Lock-Token", token)
+        .header("Content-Type", "text/plain")
+        .body(r#"{"ttl_ms": 1000}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 415, "unsupported_media_type").await;
 }
 
 /// Runs `lockd` with arguments and environment; returns (exit code, stdout, stderr).
