@@ -149,6 +149,9 @@ impl Connections {
                 shared.last_served.fetch_max(now, Ordering::Relaxed);
                 return Ok(shared);
             }
+            // The others may have died with it (Redis restarted): check each before it
+            // serves again, whenever it was last used.
+            self.broken_at.fetch_max(self.now_ms(), Ordering::Relaxed);
         }
         let shared = Shared {
             connection: self.open().await?,

@@ -235,8 +235,10 @@ async fn redis_frozen_longer_than_a_lease_answers_503_fast_and_grants_nothing_tw
     let frozen_at = Instant::now();
     // The fault itself: Redis stays frozen for longer than a lease.
     tokio::time::sleep(FROZEN).await;
-    redis.resume();
+    // Taken before the thaw: `kill -CONT` blocks this worker for a moment, and requests
+    // that Redis answers meanwhile must not count as answered while it was frozen.
     let thawed_at = Instant::now();
+    redis.resume();
     join(tasks).await;
 
     let ops = history.ops();
