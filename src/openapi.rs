@@ -129,12 +129,13 @@ impl Modify for CommonResponses {
                              `Authorization: Bearer <key>`, or an unknown key",
                         );
                         if let RefOr::T(response) = &mut response {
-                            response.headers.insert(
-                                "WWW-Authenticate".to_owned(),
-                                RefOr::T(Header::new(
-                                    ObjectBuilder::new().schema_type(Type::String),
-                                )),
-                            );
+                            let mut challenge =
+                                Header::new(ObjectBuilder::new().schema_type(Type::String));
+                            challenge.description =
+                                Some("The challenge: `Bearer realm=\"lockd\"`".to_owned());
+                            response
+                                .headers
+                                .insert("WWW-Authenticate".to_owned(), RefOr::T(challenge));
                         }
                         response
                     });
