@@ -193,10 +193,17 @@ impl Setup {
     }
 
     fn start_lockd(&self) -> Result<(Proc, String), String> {
+        self.start_lockd_with(&[])
+    }
+
+    /// Starts lockd with `extra` settings, which `--lockd-env` can still override.
+    fn start_lockd_with(&self, extra: &[(String, String)]) -> Result<(Proc, String), String> {
+        let mut settings = extra.to_vec();
+        settings.extend(self.lockd_env.iter().cloned());
         env::start_lockd(
             &self.lockd_bin,
             &format!("redis://{}", self.redis_addr),
-            &self.lockd_env,
+            &settings,
             &self.dir,
         )
     }
@@ -548,8 +555,18 @@ async fn run_sse(
     rate: f64,
     settle: f64,
 ) -> Result<sse::SseReport, String> {
-    // A fresh lockd per run, so its RSS before the subscribers is a clean baseline.
-    let (lockd, addr) = setup.start_lockd()?;
+    // A fresh lockd per run, so its RSS before the subscribers is a clean baseline,
+    // with room for them all and for the connections that make the changes (one API
+    // key, or none, holds every subscriber here).
+    let room = (subscribers + 16).max(10_000).to_string();
+    let (lockd, addr) = setup.start_lockd_with(&[
+        (
+            "LOCKD_SERVER__MAX_CONNECTIONS".to_owned(),
+            (subscribers + 256).max(10_000).to_string(),
+        ),
+        ("LOCKD_EVENTS__MAX_CLIENTS".to_owned(), room.clone()),
+        ("LOCKD_EVENTS__MAX_CLIENTS_PER_KEY".to_owned(), room),
+    ])?;
     // Warm it up a little first: the first requests grow its pools and buffers.
     let warm = CycleConfig {
         concurrency: 4,

@@ -126,6 +126,21 @@ fn event_index(frame: &[u8]) -> Option<usize> {
     Some(2 * n + kind)
 }
 
+/// Says why the changes' driver failed, the first few times.
+fn report_driver_error(what: &str, outcome: &std::io::Result<crate::http::Response>) {
+    static SHOWN: AtomicUsize = AtomicUsize::new(0);
+    if SHOWN.fetch_add(1, Ordering::Relaxed) < 3 {
+        match outcome {
+            Ok(r) => eprintln!(
+                "lockd-bench: sse driver: {what} answered {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ),
+            Err(e) => eprintln!("lockd-bench: sse driver: {what}: {e}"),
+        }
+    }
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -230,8 +245,9 @@ pub async fn run(lockd_addr: &str, config: &SseConfig, pids: Pids) -> SseReport 
                         events += 1;
                         r.lock_token.unwrap_or_default()
                     }
-                    _ => {
+                    other => {
                         driver_errors += 1;
+                        report_driver_error("acquire", &other);
                         continue;
                     }
                 };
@@ -241,7 +257,10 @@ pub async fn run(lockd_addr: &str, config: &SseConfig, pids: Pids) -> SseReport 
                         note(2 * n + 1, r.stamp);
                         events += 1;
                     }
-                    _ => driver_errors += 1,
+                    other => {
+                        driver_errors += 1;
+                        report_driver_error("release", &other);
+                    }
                 }
             }
         }
