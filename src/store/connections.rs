@@ -7,17 +7,20 @@
 //! and hands them out in turn. Taking one costs no round trip, where a checkout from the
 //! deadpool pool first sends `UNWATCH` and `PING`, doubling a request's round trips.
 //!
-//! A connection that fails (an I/O error, a dropped connection, a READONLY primary, or
-//! no reply within the command timeout) is set aside: requests still in flight on it
-//! finish or fail on their own, and the next request on its slot opens a new one, to the
-//! primary that Sentinel names now in Sentinel mode. Connections open lazily, so lockd
-//! starts while Redis is down and recovers by itself.
+//! A connection that fails is set aside: requests still in flight on it finish or fail
+//! on their own, and the next request on its slot opens a new one, to the primary that
+//! Sentinel names now in Sentinel mode. A dropped connection (or a READONLY primary, or a
+//! failed health check) sets aside every connection, since it seldom dies alone; a mere
+//! timeout retires only its own, so an overloaded Redis does not also get a storm of
+//! reconnections. Connections open lazily, so lockd starts while Redis is down and
+//! recovers by itself.
 //!
 //! A connection can die unseen, say when Redis restarts while lockd is idle. So, like a
 //! pool checkout, a connection is checked with `PING` before it serves, but only when it
 //! has not served for a second, or when another connection broke since it last served:
-//! under load that is never, and after a restart no request fails for a stale
-//! connection.
+//! under load that is never. A connection used just before a restart can still be lent
+//! unchecked; the write to it fails with a broken pipe, which means Redis never saw the
+//! command, and the store sends it again on a fresh connection.
 //!
 //! Commands that block the connection they run on (`WAIT`) must not share one: they go
 //! through the pool, which lends each request a connection of its own.
@@ -149,9 +152,8 @@ impl Connections {
                 shared.last_served.fetch_max(now, Ordering::Relaxed);
                 return Ok(shared);
             }
-            // The others may have died with it (Redis restarted): check each before it
-            // serves again, whenever it was last used.
-            self.broken_at.fetch_max(self.now_ms(), Ordering::Relaxed);
+            // The others most likely died with it (Redis restarted or failed over).
+            self.forget_all();
         }
         let shared = Shared {
             connection: self.open().await?,
@@ -173,17 +175,35 @@ impl Connections {
 
     /// Sets `lent`'s connection aside after it failed; its slot opens a new one next,
     /// and the other connections are checked before they serve again.
-    pub(super) fn set_aside(&self, lent: &Lent) {
-        self.broken_at.fetch_max(self.now_ms(), Ordering::Relaxed);
+    pub(super) fn set_aside(&self, lent: &Lent, all: bool) {
         let mut live = self.slots[lent.slot]
             .live
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // A failure seen on a connection opened since is old news.
         if live
             .as_ref()
-            .is_some_and(|shared| shared.generation == lent.generation)
+            .is_none_or(|shared| shared.generation != lent.generation)
         {
-            *live = None;
+            return;
+        }
+        *live = None;
+        drop(live);
+        if all {
+            self.forget_all();
+        } else {
+            self.broken_at.fetch_max(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Drops every connection from its slot, so each opens afresh before it serves: a
+    /// failure seldom comes alone (Redis restarted, failed over, or the network broke),
+    /// and a connection that looks fine may still be open to a dead or demoted server.
+    /// Requests in flight on them finish or fail on their own.
+    fn forget_all(&self) {
+        self.broken_at.fetch_max(self.now_ms(), Ordering::Relaxed);
+        for slot in &self.slots {
+            *slot.live.lock().unwrap_or_else(PoisonError::into_inner) = None;
         }
     }
 }

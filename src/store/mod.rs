@@ -304,14 +304,18 @@ impl Store {
         match tokio::time::timeout_at(deadline, work(lent.connection.clone())).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => {
-                // A response timeout or a reset is an I/O error.
-                if Self::useless(&error) || error.is_io_error() {
-                    shared.set_aside(&lent);
+                // A dropped connection seldom dies alone (Redis restarted or failed over):
+                // all reconnect. A slow answer only retires its own connection, so that
+                // an overloaded Redis does not also get a storm of reconnections.
+                if Self::useless(&error) {
+                    shared.set_aside(&lent, true);
+                } else if error.is_io_error() {
+                    shared.set_aside(&lent, false);
                 }
                 Err(error.into())
             }
             Err(_) => {
-                shared.set_aside(&lent);
+                shared.set_aside(&lent, false);
                 Err(StoreError::Timeout(limit))
             }
         }
@@ -320,8 +324,16 @@ impl Store {
     /// Runs a script (EVALSHA, loading it on NOSCRIPT) on a shared connection within
     /// the command timeout.
     async fn run(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
-        self.on_shared(|mut conn| async move { invocation.invoke_async::<Value>(&mut conn).await })
-            .await
+        let invocation = &invocation;
+        let once = || {
+            self.on_shared(
+                |mut conn| async move { invocation.invoke_async::<Value>(&mut conn).await },
+            )
+        };
+        match once().await {
+            Err(StoreError::Redis(error)) if never_sent(&error) => once().await,
+            outcome => outcome,
+        }
     }
 
     /// Runs the acquire script and, when it granted the lock and replicas must
@@ -367,8 +379,13 @@ impl Store {
 
     /// Runs a plain command on a shared connection within the command timeout.
     async fn query<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Result<T, StoreError> {
-        self.on_shared(|mut conn| async move { command.query_async::<T>(&mut conn).await })
-            .await
+        let command = &command;
+        let once =
+            || self.on_shared(|mut conn| async move { command.query_async::<T>(&mut conn).await });
+        match once().await {
+            Err(StoreError::Redis(error)) if never_sent(&error) => once().await,
+            outcome => outcome,
+        }
     }
 
     /// Grants the lock to `token`'s holder unless someone holds it.
@@ -721,6 +738,16 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.query::<()>(redis::cmd("PING")).await
     }
+}
+
+/// Whether a command failed before it could reach Redis: writing to a connection that
+/// Redis had already closed (it restarted, say). Such a command ran nowhere, so it is
+/// safe to send again on a fresh connection, even a change. Any other failure may come
+/// after Redis ran the command, and is not retried.
+fn never_sent(error: &redis::RedisError) -> bool {
+    // redis keeps the I/O error behind an `Arc<dyn Error>`, out of reach of a downcast;
+    // std renders `ErrorKind::BrokenPipe` as "broken pipe".
+    error.is_connection_dropped() && error.to_string().contains("broken pipe")
 }
 
 fn parse_id(bytes: &[u8]) -> Result<EventId, StoreError> {
