@@ -200,6 +200,18 @@ impl Hub {
         });
     }
 
+    /// Disconnects every client (each can resume with its `Last-Event-ID`).
+    pub fn disconnect_all(&self) {
+        let mut guard = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let Clients { map, per_owner, .. } = &mut *guard;
+        for (_, client) in map.drain() {
+            if let Some(closer) = &client.closer {
+                closer.cancel();
+            }
+            forget(per_owner, &client.owner);
+        }
+    }
+
     /// How many clients are registered.
     #[must_use]
     pub fn client_count(&self) -> usize {

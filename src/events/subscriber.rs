@@ -16,6 +16,8 @@ use crate::store::{Store, StoreError};
 
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often the subscription's connection must answer a PING to count as alive.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Events read from the stream per page when filling a gap.
 const FILL_PAGE: usize = 500;
 
@@ -56,6 +58,13 @@ impl Dispatcher {
         let Some(mut after) = self.last else {
             return Ok(());
         };
+        if self.store.event_log_bounds().await?.max_deleted > after {
+            // The capped stream lost events this process never handed out: the clients
+            // cannot be made whole from here. Cut them off; they resume with their
+            // Last-Event-ID and are told of the gap.
+            tracing::warn!(%after, "events were trimmed while the subscription was down");
+            self.hub.disconnect_all();
+        }
         loop {
             let page = self.store.events_after(after, FILL_PAGE).await?;
             let full = page.len() == FILL_PAGE;
@@ -123,9 +132,13 @@ async fn subscribe_and_dispatch(
     dispatcher: &mut Dispatcher,
 ) -> Result<(), String> {
     // Asked afresh on every (re)connection: after a failover, Sentinel names the new primary.
-    let client = crate::store::primary_client(&config.redis)
-        .await
-        .map_err(|e| e.to_string())?;
+    let client = tokio::time::timeout(
+        config.connect_timeout,
+        crate::store::primary_client(&config.redis),
+    )
+    .await
+    .map_err(|_| "timed out asking for the primary".to_owned())?
+    .map_err(|e| e.to_string())?;
     if dispatcher.last.is_none() {
         // Where the stream stands before the first subscription: anything after it that
         // the subscription does not deliver, the gap fill will.
@@ -153,8 +166,27 @@ async fn subscribe_and_dispatch(
     dispatcher.waiters.wake_all();
     dispatcher.hub.set_live(true);
 
-    let mut messages = pubsub.into_on_message();
-    while let Some(message) = messages.next().await {
+    // A connection can die without a word (a dropped NAT entry, a lost host): a PING
+    // that goes unanswered tells, and the subscription starts over.
+    let (mut sink, mut messages) = pubsub.split();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.tick().await;
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            _ = heartbeat.tick() => {
+                let pong = tokio::time::timeout(config.connect_timeout, sink.ping::<String>()).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    tracing::warn!("event subscription stopped answering; reconnecting");
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(message) = message else {
+            break;
+        };
         let payload = match std::str::from_utf8(message.get_payload_bytes()) {
             Ok(payload) => payload,
             Err(_) => {

@@ -296,8 +296,10 @@ pub async fn stream_events(
 
     let mut opening = BytesMut::new();
     opening.extend_from_slice(format!("retry: {}\n\n", state.events.retry_ms).as_bytes());
+    let mut trimmed_before = EventId::ZERO;
     if let Some(requested) = resume {
         let bounds = state.store.event_log_bounds().await?;
+        trimmed_before = bounds.max_deleted;
         // Trimming removes the oldest entries, so nothing is missing after `requested`
         // when the stream still holds it or its successor. The id right after
         // `requested` was the newest one trimmed away, or the first one held. Any other id
@@ -322,6 +324,7 @@ pub async fn stream_events(
         subscription,
         opening: Some(opening.freeze()),
         replay_after: resume,
+        trimmed_before,
         last: resume,
         keepalive: Duration::from_millis(state.events.keepalive_ms),
         shutdown: state.shutdown.clone(),
@@ -387,6 +390,9 @@ struct Feed {
     opening: Option<Bytes>,
     /// Still replaying the stream after this id.
     replay_after: Option<EventId>,
+    /// The newest event trimmed away when the replay began (any gap before it has been
+    /// told with `stream.gap`).
+    trimmed_before: EventId,
     /// The newest id sent; live events up to it were already replayed.
     last: Option<EventId>,
     keepalive: Duration,
@@ -414,6 +420,20 @@ impl Feed {
                     return None;
                 }
             };
+            // The stream is capped: if it was trimmed past `after` while this client
+            // replayed, the page began later than `after`'s successor. End the stream; the
+            // client resumes from what it got and is told of the gap.
+            match Box::pin(self.store.event_log_bounds()).await {
+                Ok(bounds) if bounds.max_deleted <= after.max(self.trimmed_before) => {}
+                Ok(_) => {
+                    tracing::warn!(%after, "history trimmed during a replay; ending the stream");
+                    return None;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot replay events; ending the stream");
+                    return None;
+                }
+            }
             self.replay_after = (page.len() == REPLAY_PAGE).then(|| page[page.len() - 1].id);
             let mut chunk = BytesMut::new();
             for stored in page {
@@ -470,6 +490,7 @@ mod tests {
                 .unwrap(),
             opening: None,
             replay_after: None,
+            trimmed_before: EventId::ZERO,
             last: None,
             keepalive: Duration::from_secs(1),
             shutdown: CancellationToken::new(),
