@@ -239,6 +239,13 @@ impl TestApp {
 
     /// Starts an app with the given settings.
     pub async fn spawn_with(settings: Settings) -> Self {
+        // LOCKD_TEST_LOG=debug (or any filter) shows the apps' logs when a test fails.
+        if let Ok(level) = std::env::var("LOCKD_TEST_LOG") {
+            lockd::telemetry::init(&lockd::config::LogSettings {
+                format: lockd::config::LogFormat::Text,
+                level,
+            });
+        }
         let app = Application::build(&settings).await.expect("lockd starts");
         let addr = app.local_addr();
         let shutdown = app.shutdown_token();
@@ -279,12 +286,10 @@ impl TestApp {
         let response = self
             .acquire(resource, json!({"agent_id": agent, "ttl_ms": ttl_ms}))
             .await;
-        assert_eq!(
-            response.status(),
-            201,
-            "acquire of {resource} was not granted"
-        );
-        response.json().await.expect("a JSON grant")
+        let status = response.status();
+        let body: Value = response.json().await.expect("a JSON body");
+        assert_eq!(status, 201, "acquire of {resource} was not granted: {body}");
+        body
     }
 
     /// `DELETE /locks/{resource}` with a token.
