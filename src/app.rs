@@ -90,6 +90,13 @@ impl Application {
             metrics: crate::metrics::install(),
         };
         let authenticator = Authenticator::new(&settings.auth);
+        if !authenticator.enabled() && !settings.auth.keys.is_empty() {
+            tracing::warn!(
+                keys = settings.auth.keys.len(),
+                "auth.keys are configured but auth.enabled is false: the keys are ignored \
+                 and the API is open to anyone"
+            );
+        }
         if !authenticator.enabled() && !local_addr.ip().is_loopback() {
             tracing::warn!(
                 %local_addr,

@@ -361,6 +361,14 @@ impl Settings {
                 ));
             }
         }
+        if self.server.request_timeout_ms <= 2 * self.redis.command_timeout_ms {
+            // Past the request timeout the outcome of a change is unknown, but the answer
+            // is a 4xx (408): a change must always end within it, a resend included.
+            return Err(invalid(
+                "server.request_timeout_ms",
+                "must be more than twice redis.command_timeout_ms",
+            ));
+        }
         if self.redis.min_replicas_ack > 0 {
             positive(
                 "redis.replica_ack_timeout_ms",

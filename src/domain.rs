@@ -237,6 +237,13 @@ impl IdempotencyKey {
         Ok(Self(raw.to_owned()))
     }
 
+    /// Binds the key to the API key that sent it, so that a caller who learns or guesses
+    /// someone else's Idempotency-Key still cannot replay their grant and get the token.
+    #[must_use]
+    pub fn for_caller(self, caller: &str) -> Self {
+        Self(format!("{caller}\u{0}{}", self.0))
+    }
+
     /// The digest Redis compares: binds the key to the agent and the resource.
     #[must_use]
     pub fn digest(&self, resource: &ResourceId, agent: &AgentId) -> String {

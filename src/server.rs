@@ -67,6 +67,10 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // Bounds what a connection may buffer, both ways: a client that stops reading an
+        // event stream costs at most this much before hyper stops taking its events
+        // (and the hub, whose buffer then fills, cuts it off).
+        .max_buf_size(64 * 1024)
         .keep_alive(true);
 
     loop {

@@ -370,7 +370,9 @@ pub async fn acquire_lock(
                     "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
                 )
             })?;
-            IdempotencyKey::parse(text).map_err(ApiError::InvalidIdempotencyKey)
+            IdempotencyKey::parse(text)
+                .map(|key| key.for_caller(&principal.name))
+                .map_err(ApiError::InvalidIdempotencyKey)
         })
         .transpose()?;
     let ttl_ms = request.ttl_ms.unwrap_or(limits.default_ttl_ms);

@@ -895,3 +895,31 @@ async fn without_allowed_origins_there_are_no_cors_headers() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn an_idempotency_key_replays_only_for_the_api_key_that_sent_it() {
+    let redis = RedisServer::start().await;
+    let mut settings = test_settings(&redis);
+    settings.auth.enabled = true;
+    settings.auth.keys = vec![
+        key("ci", "ci-secret", "ci-*", &["lock", "read"]),
+        key("ops", "ops-secret", "*", &["lock", "read"]),
+    ];
+    let app = TestApp::spawn_with(settings).await;
+    let acquire = |secret: &'static str| {
+        app.client
+            .post(app.lock_url("deploy"))
+            .bearer_auth(secret)
+            .header("Idempotency-Key", "job-42")
+            .json(&json!({"agent_id": "ci-runner"}))
+            .send()
+    };
+    let first = acquire("ci-secret").await.unwrap();
+    assert_eq!(first.status(), 201);
+    let again = acquire("ci-secret").await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    // Another key that may act as the same agent is an ordinary contender: no token.
+    let other = acquire("ops-secret").await.unwrap();
+    assert!(other.headers().get("lock-token").is_none());
+    assert_problem(other, 409, "lock_held").await;
+}
