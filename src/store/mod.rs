@@ -180,14 +180,18 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         const PRELUDE: &str = include_str!("scripts/prelude.lua");
-        let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        // The shebang declares each script's flags (Redis 7). A script that writes is then
+        // refused as a whole when Redis is out of memory, as any write command is; without
+        // it, Redis lets a script run on once its first write (a DEL) was allowed.
+        let writes = |body: &str| Script::new(&format!("#!lua\n{PRELUDE}\n{body}"));
+        let reads = |body: &str| Script::new(&format!("#!lua flags=no-writes\n{PRELUDE}\n{body}"));
         Self {
-            acquire: with_prelude(include_str!("scripts/acquire.lua")),
-            refresh: with_prelude(include_str!("scripts/refresh.lua")),
-            release: with_prelude(include_str!("scripts/release.lua")),
-            status: with_prelude(include_str!("scripts/status.lua")),
-            reap: with_prelude(include_str!("scripts/reap.lua")),
-            list: with_prelude(include_str!("scripts/list.lua")),
+            acquire: writes(include_str!("scripts/acquire.lua")),
+            refresh: writes(include_str!("scripts/refresh.lua")),
+            release: writes(include_str!("scripts/release.lua")),
+            status: reads(include_str!("scripts/status.lua")),
+            reap: writes(include_str!("scripts/reap.lua")),
+            list: reads(include_str!("scripts/list.lua")),
         }
     }
 }
@@ -426,11 +430,11 @@ impl Store {
             && acked < inner.min_replicas_ack
         {
             // Too few copies to survive a failover: take the grant back rather than hand
-            // out a lock that a promoted replica would not know. If this release fails
-            // too, the lease runs out by itself.
-            let _ = self
-                .release(id, Releaser::Holder(token, &AgentPattern::any()))
-                .await;
+            // out a lock that a promoted replica would not know. Only a withdrawal that
+            // went through lets us say the lock was not granted; otherwise the outcome is
+            // unknown (the lease still runs out by itself).
+            self.release(id, Releaser::Holder(token, &AgentPattern::any()))
+                .await?;
             return Err(StoreError::ReplicasBehind {
                 acked,
                 wanted: inner.min_replicas_ack,

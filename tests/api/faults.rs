@@ -186,3 +186,43 @@ async fn fences_keep_increasing_when_the_counter_key_is_lost() {
         let _: () = conn.del(&fence_key).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_full_redis_refuses_the_whole_change_and_lockd_answers_503() {
+    let redis = RedisServer::start_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory",
+        "2mb",
+        "--maxmemory-policy",
+        "noeviction",
+    ])
+    .await;
+    let app = TestApp::spawn(&redis).await;
+    app.acquire_ok("before", "agent-a", 60_000).await;
+    // Fill Redis past its limit with keys of our own, until even a small write is refused.
+    let mut conn = redis.connection().await;
+    let mut filled = false;
+    for n in 0..100_000 {
+        let size = if n < 100 { 16 * 1024 } else { 64 };
+        let stored: redis::RedisResult<()> =
+            conn.set(format!("ballast:{n}"), "x".repeat(size)).await;
+        if stored.is_err() && size == 64 {
+            filled = true;
+            break;
+        }
+    }
+    assert!(filled, "Redis is full");
+
+    let response = app.acquire("r", json!({"agent_id": "agent-a"})).await;
+
+    assert_problem(response, 503, "store_unavailable").await;
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+    let lock_keys: Vec<String> = conn.keys("*lock:r").await.unwrap();
+    assert!(
+        lock_keys.is_empty(),
+        "no part of the refused acquire was written"
+    );
+}
