@@ -416,23 +416,9 @@ async fn waiters_beyond_the_limit_get_503_with_retry_after() {
     settings.locks.max_waiters = 1;
     let app = TestApp::spawn_with(settings).await;
     let holder = app.acquire_ok("r", "agent-a", 60_000).await;
-    let waiting = {
-        let (client, url) = (app.client.clone(), app.lock_url("r"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"agent_id": "agent-b", "wait_ms": 10_000}))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
-    let waiters = app.waiters.clone();
-    eventually(Duration::from_secs(5), "the first waiter", || {
-        let waiters = waiters.clone();
-        async move { waiters.waiting() == 1 }
-    })
-    .await;
+    let waiting = app
+        .spawn_waiter("r", json!({"agent_id": "agent-b", "wait_ms": 10_000}))
+        .await;
 
     let refused = app
         .acquire("other", json!({"agent_id": "agent-c", "wait_ms": 1000}))
@@ -545,23 +531,9 @@ async fn metrics_count_requests_grants_contention_waits_and_redis_errors() {
 
     let grant = app.acquire_ok("m", "agent-a", 60_000).await;
     app.acquire("m", json!({"agent_id": "agent-b"})).await;
-    let waiter = {
-        let (client, url) = (app.client.clone(), app.lock_url("m"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"agent_id": "agent-c", "wait_ms": 5000}))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
-    let waiters = app.waiters.clone();
-    eventually(Duration::from_secs(5), "the waiter", || {
-        let waiters = waiters.clone();
-        async move { waiters.waiting() == 1 }
-    })
-    .await;
+    let waiter = app
+        .spawn_waiter("m", json!({"agent_id": "agent-c", "wait_ms": 5000}))
+        .await;
     assert!(metric(&page().await, "lockd_waiters") >= 1.0);
     app.release("m", grant["token"].as_str().unwrap()).await;
     assert_eq!(waiter.await.unwrap().status(), 201);
@@ -614,23 +586,12 @@ async fn the_documented_redis_acl_is_all_lockd_needs() {
 
     // Acquire, wait woken by a release, refresh, release, expiry, listing, resume.
     let first = app.acquire_ok("file:a", "agent-a", 60_000).await;
-    let waiter = {
-        let (client, url) = (app.client.clone(), app.lock_url("file:a"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"agent_id": "agent-b", "ttl_ms": 200, "wait_ms": 10_000}))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
-    let waiters = app.waiters.clone();
-    eventually(Duration::from_secs(5), "the waiter", || {
-        let waiters = waiters.clone();
-        async move { waiters.waiting() == 1 }
-    })
-    .await;
+    let waiter = app
+        .spawn_waiter(
+            "file:a",
+            json!({"agent_id": "agent-b", "ttl_ms": 200, "wait_ms": 10_000}),
+        )
+        .await;
     let token = first["token"].as_str().unwrap();
     assert_eq!(app.refresh("file:a", token, None).await.status(), 200);
     assert_eq!(app.release("file:a", token).await.status(), 204);
@@ -757,23 +718,9 @@ async fn lockd_reaches_redis_over_tls_and_verifies_its_certificate() {
         200
     );
     let holder = app.acquire_ok("r", "agent-a", 60_000).await;
-    let waiter = {
-        let (client, url) = (app.client.clone(), app.lock_url("r"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"agent_id": "agent-b", "wait_ms": 10_000}))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
-    let waiters = app.waiters.clone();
-    eventually(Duration::from_secs(5), "the waiter", || {
-        let waiters = waiters.clone();
-        async move { waiters.waiting() == 1 }
-    })
-    .await;
+    let waiter = app
+        .spawn_waiter("r", json!({"agent_id": "agent-b", "wait_ms": 10_000}))
+        .await;
     app.release("r", holder["token"].as_str().unwrap()).await;
     assert_eq!(
         waiter.await.unwrap().status(),

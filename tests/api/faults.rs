@@ -82,23 +82,9 @@ async fn the_event_subscription_recovers_after_a_redis_restart() {
     // A release must wake the waiter through the new subscription: the lease is too
     // long for the timer to do it within the wait.
     let holder = app.acquire_ok("r", "agent-a", 60_000).await;
-    let waiter = {
-        let (client, url) = (app.client.clone(), app.lock_url("r"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"agent_id": "agent-b", "wait_ms": 10_000}))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
-    let waiters = app.waiters.clone();
-    eventually(Duration::from_secs(5), "the waiter to register", || {
-        let waiters = waiters.clone();
-        async move { waiters.resources_waited_on() == 1 }
-    })
-    .await;
+    let waiter = app
+        .spawn_waiter("r", json!({"agent_id": "agent-b", "wait_ms": 10_000}))
+        .await;
     app.release("r", holder["token"].as_str().unwrap()).await;
     assert_eq!(waiter.await.unwrap().status(), 201);
 }

@@ -292,6 +292,32 @@ impl TestApp {
         body
     }
 
+    /// Sends an acquire that will wait (its body has `wait_ms`) and returns once the
+    /// server is waiting on it, with the task that yields its response.
+    pub async fn spawn_waiter(
+        &self,
+        resource: &str,
+        body: Value,
+    ) -> tokio::task::JoinHandle<reqwest::Response> {
+        let before = self.waiters.waiting();
+        let (client, url) = (self.client.clone(), self.lock_url(resource));
+        let waiter = tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("acquire answers")
+        });
+        let waiters = self.waiters.clone();
+        eventually(Duration::from_secs(5), "the acquire to wait", || {
+            let waiters = waiters.clone();
+            async move { waiters.waiting() > before }
+        })
+        .await;
+        waiter
+    }
+
     /// `DELETE /locks/{resource}` with a token.
     pub async fn release(&self, resource: &str, token: &str) -> reqwest::Response {
         self.client

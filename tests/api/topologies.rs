@@ -177,23 +177,9 @@ async fn lockd_follows_a_sentinel_failover_without_a_restart() {
         },
     )
     .await;
-    let waiter = {
-        let (client, url) = (app.client.clone(), app.lock_url("fenced"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"agent_id": "agent-c", "wait_ms": 10_000}))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
-    let waiters = app.waiters.clone();
-    eventually(Duration::from_secs(5), "the waiter", || {
-        let waiters = waiters.clone();
-        async move { waiters.waiting() == 1 }
-    })
-    .await;
+    let waiter = app
+        .spawn_waiter("fenced", json!({"agent_id": "agent-c", "wait_ms": 10_000}))
+        .await;
     app.release("fenced", after["token"].as_str().unwrap())
         .await;
     assert_eq!(waiter.await.unwrap().status(), 201);

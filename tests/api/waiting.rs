@@ -18,24 +18,10 @@ async fn a_waiter_is_woken_by_release_long_before_the_lease_ends() {
     let app = TestApp::spawn(&redis).await;
     let holder = app.acquire_ok("r", "agent-a", 60_000).await;
 
-    let waiter = {
-        let client = app.client.clone();
-        let url = app.lock_url("r");
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"agent_id": "agent-b", "wait_ms": 20_000}))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
-    let waiters = app.waiters.clone();
-    eventually(Duration::from_secs(5), "the waiter to register", || {
-        let waiters = waiters.clone();
-        async move { waiters.resources_waited_on() == 1 }
-    })
-    .await;
+    let waiter = app
+        .spawn_waiter("r", json!({"agent_id": "agent-b", "wait_ms": 20_000}))
+        .await;
+    assert_eq!(app.waiters.resources_waited_on(), 1);
 
     assert_eq!(
         app.release("r", holder["token"].as_str().unwrap())
