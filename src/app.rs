@@ -66,7 +66,12 @@ impl Application {
         let waiters = Waiters::default();
         let hub = Hub::new(HubLimits {
             total: settings.events.max_clients,
-            per_owner: settings.events.max_clients_per_key,
+            // Without auth every client is the same anonymous caller: only the total applies.
+            per_owner: if settings.auth.enabled {
+                settings.events.max_clients_per_key
+            } else {
+                usize::MAX
+            },
         });
         let subscriber = tokio::spawn(events::run_subscriber(
             SubscriberConfig {
