@@ -450,6 +450,80 @@ pub async fn acquire_lock(
 ///
 /// Returns a grant or a replayed grant, never `Held`: a lock still held at the deadline
 /// is a `lock_held` error.
+/// One acquire attempt of a waiting request, run as its own task. If the request goes
+/// away (the client disconnected, the request timed out) while the script is on its
+/// way, the attempt still ends, and a lock it granted, which nobody will hear of, is
+/// released at once: a client that leaves while waiting acquires nothing.
+struct DetachedAttempt {
+    task: Option<tokio::task::JoinHandle<Result<Acquired, crate::store::StoreError>>>,
+    store: crate::store::Store,
+    resource_id: ResourceId,
+    token: LockToken,
+}
+
+impl DetachedAttempt {
+    fn start(
+        state: &AppState,
+        resource_id: &ResourceId,
+        agent: &AgentId,
+        token: &LockToken,
+        ttl_ms: u64,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> Self {
+        let (store, id, agent, token_copy, key) = (
+            state.store.clone(),
+            resource_id.clone(),
+            agent.clone(),
+            token.clone(),
+            idempotency.cloned(),
+        );
+        let task = tokio::spawn(async move {
+            store
+                .acquire(&id, &agent, &token_copy, ttl_ms, key.as_ref())
+                .await
+        });
+        Self {
+            task: Some(task),
+            store: state.store.clone(),
+            resource_id: resource_id.clone(),
+            token: token.clone(),
+        }
+    }
+
+    async fn outcome(mut self) -> Result<Acquired, ApiError> {
+        let Some(task) = self.task.as_mut() else {
+            return Err(ApiError::Internal("attempt awaited twice".into()));
+        };
+        let joined = task.await;
+        self.task = None;
+        Ok(joined.map_err(|e| ApiError::Internal(e.to_string()))??)
+    }
+}
+
+impl Drop for DetachedAttempt {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        let (store, id, token) = (
+            self.store.clone(),
+            self.resource_id.clone(),
+            self.token.clone(),
+        );
+        tokio::spawn(async move {
+            if let Ok(Ok(Acquired::Granted(_))) = task.await {
+                let any = crate::domain::AgentPattern::any();
+                let released = store.release(&id, Releaser::Holder(&token, &any)).await;
+                tracing::info!(
+                    resource_id = %id,
+                    released = matches!(released, Ok(Owned::Done(()))),
+                    "released a lock granted to a request that had gone away"
+                );
+            }
+        });
+    }
+}
+
 async fn acquire_waiting(
     state: &AppState,
     resource_id: &ResourceId,
@@ -474,11 +548,8 @@ async fn acquire_waiting(
         tokio::pin!(released);
         released.as_mut().enable();
 
-        let holder = match state
-            .store
-            .acquire(resource_id, agent, token, ttl_ms, idempotency)
-            .await?
-        {
+        let attempt = DetachedAttempt::start(state, resource_id, agent, token, ttl_ms, idempotency);
+        let holder = match attempt.outcome().await? {
             Acquired::Held(holder) => holder,
             granted @ Acquired::Granted(_) => {
                 crate::metrics::granted(Some(started.elapsed()));

@@ -166,3 +166,71 @@ async fn fifty_contenders_never_hold_a_lock_together_and_fences_strictly_increas
     }
     assert_eq!(app.status("contended").await["locked"], false);
 }
+
+#[tokio::test]
+async fn a_lock_granted_to_a_waiter_that_just_left_is_released_at_once() {
+    use deadpool_redis::redis::AsyncCommands;
+    let redis = RedisServer::start().await;
+    let proxy = crate::helpers::ReplyStallingProxy::start(&redis).await;
+    let mut settings = crate::helpers::test_settings(&redis);
+    settings.redis.url = proxy.url();
+    settings.redis.command_timeout_ms = 5000;
+    let app = TestApp::spawn_with(settings).await;
+    let holder = app.acquire_ok("gone", "agent-a", 60_000).await;
+
+    // A waiter on a raw connection, so that it can go away at will.
+    let body = r#"{"agent_id":"leaver","ttl_ms":60000,"wait_ms":30000}"#;
+    let request = format!(
+        "POST /locks/gone HTTP/1.1\r\nHost: lockd\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let waiters = app.waiters.clone();
+    eventually(Duration::from_secs(5), "the waiter", || {
+        let waiters = waiters.clone();
+        async move { waiters.waiting() == 1 }
+    })
+    .await;
+
+    // Its next attempt reaches Redis and is granted, but the answer is held back ...
+    proxy.stall_replies_from_command_with(b"leaver");
+    app.release("gone", holder["token"].as_str().unwrap()).await;
+    let mut conn = redis.connection().await;
+    let key = format!("{}{{0}}:lock:gone", app.settings.redis.key_prefix);
+    eventually(
+        Duration::from_secs(5),
+        "the waiter to be granted in Redis",
+        || {
+            let (mut conn, key) = (conn.clone(), key.clone());
+            async move {
+                let agent: Option<String> = conn.hget(&key, "agent").await.unwrap();
+                agent.as_deref() == Some("leaver")
+            }
+        },
+    )
+    .await;
+    // ... and the client leaves before it arrives.
+    drop(stream);
+    eventually(Duration::from_secs(5), "the request to end", || {
+        let waiters = waiters.clone();
+        async move { waiters.waiting() == 0 }
+    })
+    .await;
+    proxy.heal();
+
+    // Nobody knows that grant's token: lockd gives it back rather than leave it held.
+    eventually(
+        Duration::from_secs(5),
+        "the orphan grant to be released",
+        || {
+            let (mut conn, key) = (conn.clone(), key.clone());
+            async move {
+                let exists: bool = conn.exists(&key).await.unwrap();
+                !exists
+            }
+        },
+    )
+    .await;
+}
