@@ -197,7 +197,7 @@ async fn a_lock_granted_to_a_waiter_that_just_left_is_released_at_once() {
     // Its next attempt reaches Redis and is granted, but the answer is held back ...
     proxy.stall_replies_from_command_with(b"leaver");
     app.release("gone", holder["token"].as_str().unwrap()).await;
-    let mut conn = redis.connection().await;
+    let conn = redis.connection().await;
     let key = format!("{}{{0}}:lock:gone", app.settings.redis.key_prefix);
     eventually(
         Duration::from_secs(5),
