@@ -340,12 +340,12 @@ impl Store {
         }
     }
 
-    /// Runs the acquire script and, when it granted the lock and replicas must
-    /// acknowledge, `WAIT`s for them on the same connection (WAIT covers the writes that
-    /// connection sent). Returns the reply and how many replicas acknowledged. `WAIT`
-    /// blocks its connection, so with replica acknowledgement on, acquires take a pooled
-    /// connection of their own rather than a shared one.
-    async fn run_acquire(
+    /// Runs an acquire or refresh script and, when it made its change (reply `{1, ...}`)
+    /// and replicas must acknowledge, `WAIT`s for them on the same connection (WAIT covers
+    /// the writes that connection sent). Returns the reply and how many replicas
+    /// acknowledged. `WAIT` blocks its connection, so with replica acknowledgement on,
+    /// these changes take a pooled connection of their own rather than a shared one.
+    async fn run_replicated(
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<(Value, Option<u32>), StoreError> {
@@ -425,7 +425,7 @@ impl Store {
             .arg(&inner.fence_retention_ms)
             .arg(idempotency_digest)
             .arg(sealed);
-        let (reply, acked) = self.run_acquire(invocation).await?;
+        let (reply, acked) = self.run_replicated(invocation).await?;
         if let Some(acked) = acked
             && acked < inner.min_replicas_ack
         {
@@ -496,7 +496,18 @@ impl Store {
             .arg(&inner.history)
             .arg(&inner.fence_retention_ms)
             .arg(agents.to_lua());
-        let reply = Reply::new(self.run(invocation).await?)?;
+        let (reply, acked) = self.run_replicated(invocation).await?;
+        if let Some(acked) = acked
+            && acked < inner.min_replicas_ack
+        {
+            // The new end of the lease may not survive a failover, which would end the
+            // lease early: the caller must treat the refresh as unknown and retry.
+            return Err(StoreError::ReplicasBehind {
+                acked,
+                wanted: inner.min_replicas_ack,
+            });
+        }
+        let reply = Reply::new(reply)?;
         reply.owned(|reply| {
             Ok(Lease {
                 agent_id: reply.string(1)?,

@@ -205,8 +205,18 @@ async fn grants_wait_for_replicas_and_are_withdrawn_when_they_lag() {
         .unwrap();
     assert_eq!(agent.as_deref(), Some("agent-a"));
     app.release("r", grant["token"].as_str().unwrap()).await;
+    let kept = app.acquire_ok("t", "agent-a", 60_000).await;
 
     replica.kill();
+    // A refresh that no replica holds could be lost in a failover: not acknowledged.
+    let response = app
+        .refresh(
+            "t",
+            kept["token"].as_str().unwrap(),
+            Some(json!({"ttl_ms": 120_000})),
+        )
+        .await;
+    assert_problem(response, 503, "replica_ack_timeout").await;
     let response = app.acquire("s", json!({"agent_id": "agent-a"})).await;
     assert_eq!(response.headers()["retry-after"], "1");
     assert_problem(response, 503, "replica_ack_timeout").await;
