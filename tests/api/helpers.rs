@@ -599,6 +599,17 @@ impl LockdProcess {
         panic!("lockd did not start");
     }
 
+    /// Sends SIGTERM and returns the exit status once the process has drained and exited
+    /// (panics if it takes longer than `limit`).
+    pub async fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("lockd is running");
+        signal(child.id().expect("a running child has a pid"), "-TERM");
+        tokio::time::timeout(limit, child.wait())
+            .await
+            .expect("lockd exits in time")
+            .expect("lockd is reaped")
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would, and reaps it.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

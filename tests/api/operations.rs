@@ -1,7 +1,7 @@
 //! Probes, the binary's configuration and signals, timeouts, and the OpenAPI document:
 //! its snapshot, how it is served, and the docs page that browses it.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    RedisServer, TestApp, assert_problem, eventually, free_port, signal, test_settings,
+    LockdProcess, RedisServer, TestApp, assert_problem, eventually, test_settings,
 };
 
 const LOCKD: &str = env!("CARGO_BIN_EXE_lockd");
@@ -386,35 +386,10 @@ fn a_bad_setting_stops_startup_with_a_message_naming_the_key() {
 #[tokio::test]
 async fn sigterm_ends_waits_with_503_and_exits_0() {
     let redis = RedisServer::start().await;
-    let port = free_port();
     let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
-    let mut child = tokio::process::Command::new(LOCKD)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--redis-url",
-            &redis.url(),
-            "--key-prefix",
-            &prefix,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let mut lockd = LockdProcess::spawn(&redis.url(), &prefix, &[]).await;
+    let base = lockd.base.clone();
     let client = reqwest::Client::new();
-    eventually(Duration::from_secs(10), "lockd to listen", || {
-        let (client, base) = (&client, &base);
-        async move {
-            client
-                .get(format!("{base}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        }
-    })
-    .await;
     let holder = client
         .post(format!("{base}/locks/r"))
         .json(&json!({"agent_id": "agent-a", "ttl_ms": 60_000}))
@@ -453,16 +428,12 @@ async fn sigterm_ends_waits_with_503_and_exits_0() {
     })
     .await;
 
-    signal(child.id().unwrap(), "-TERM");
+    let status = lockd.terminate(Duration::from_secs(10)).await;
 
     let response = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .unwrap()
         .unwrap();
     assert_problem(response, 503, "shutting_down").await;
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
     assert!(status.success(), "lockd exited with {status}");
 }

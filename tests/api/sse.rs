@@ -577,35 +577,15 @@ async fn clients_miss_nothing_when_the_subscription_drops() {
 
 #[tokio::test]
 async fn sigterm_ends_open_streams_and_the_process_exits_0() {
-    use std::process::Stdio;
     let redis = RedisServer::start().await;
-    let port = crate::helpers::free_port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lockd"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--redis-url",
-            &redis.url(),
-        ])
-        .env("LOCKD_EVENTS__KEEPALIVE_MS", "100")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    eventually(Duration::from_secs(10), "lockd to listen", || {
-        let (client, base) = (&client, &base);
-        async move {
-            client
-                .get(format!("{base}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        }
-    })
+    let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+    let mut lockd = crate::helpers::LockdProcess::spawn(
+        &redis.url(),
+        &prefix,
+        &[("LOCKD_EVENTS__KEEPALIVE_MS", "100")],
+    )
     .await;
+    let (base, client) = (lockd.base.clone(), reqwest::Client::new());
     let mut streams = Vec::new();
     for _ in 0..3 {
         let mut response = client.get(format!("{base}/events")).send().await.unwrap();
@@ -614,7 +594,7 @@ async fn sigterm_ends_open_streams_and_the_process_exits_0() {
         streams.push(response);
     }
 
-    crate::helpers::signal(child.id().unwrap(), "-TERM");
+    let status = lockd.terminate(Duration::from_secs(5)).await;
 
     for mut response in streams {
         let ended = tokio::time::timeout(Duration::from_secs(5), async {
@@ -623,10 +603,6 @@ async fn sigterm_ends_open_streams_and_the_process_exits_0() {
         .await;
         assert!(ended.is_ok(), "the stream ended at shutdown");
     }
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
     assert!(status.success(), "lockd exited with {status}");
 }
 
