@@ -133,9 +133,17 @@ async fn lockd_follows_a_sentinel_failover_without_a_restart() {
     let mut attempts = 0;
     let after: Value = loop {
         attempts += 1;
+        // A 503 leaves the outcome unknown (an attempt may have been granted just before
+        // the primary died, or answered too late): the same Idempotency-Key makes a retry
+        // get that grant back rather than a 409 from it.
         let response = app
-            .acquire("fenced", json!({"agent_id": "agent-b", "ttl_ms": 60_000}))
-            .await;
+            .client
+            .post(app.lock_url("fenced"))
+            .header("Idempotency-Key", "failover-retry")
+            .json(&json!({"agent_id": "agent-b", "ttl_ms": 60_000}))
+            .send()
+            .await
+            .unwrap();
         if response.status() == 201 {
             break response.json().await.unwrap();
         }
