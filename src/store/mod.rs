@@ -292,11 +292,23 @@ impl Store {
     /// Runs `work` on a shared connection within the command timeout, connecting
     /// included, so a frozen Redis costs a request no more. A connection that breaks,
     /// answers READONLY or does not answer in time is set aside, and its slot reconnects
-    /// on next use. Dropping the future midway is safe: the multiplexed connection
-    /// matches replies to requests by order, so a late reply is discarded.
+    /// on next use. Work that never reached Redis (see [`never_sent`]) is sent once more,
+    /// on a fresh connection. Dropping the future midway is safe: the multiplexed
+    /// connection matches replies to requests by order, so a late reply is discarded.
     async fn on_shared<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
     where
-        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        F: Fn(redis::aio::MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match self.on_shared_once(&work).await {
+            Err(StoreError::Redis(error)) if never_sent(&error) => self.on_shared_once(&work).await,
+            outcome => outcome,
+        }
+    }
+
+    async fn on_shared_once<T, F, Fut>(&self, work: &F) -> Result<T, StoreError>
+    where
+        F: Fn(redis::aio::MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let shared = &self.inner.shared;
@@ -329,15 +341,8 @@ impl Store {
     /// the command timeout.
     async fn run(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
         let invocation = &invocation;
-        let once = || {
-            self.on_shared(
-                |mut conn| async move { invocation.invoke_async::<Value>(&mut conn).await },
-            )
-        };
-        match once().await {
-            Err(StoreError::Redis(error)) if never_sent(&error) => once().await,
-            outcome => outcome,
-        }
+        self.on_shared(|mut conn| async move { invocation.invoke_async::<Value>(&mut conn).await })
+            .await
     }
 
     /// Runs an acquire or refresh script and, when it made its change (reply `{1, ...}`)
@@ -384,12 +389,8 @@ impl Store {
     /// Runs a plain command on a shared connection within the command timeout.
     async fn query<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Result<T, StoreError> {
         let command = &command;
-        let once =
-            || self.on_shared(|mut conn| async move { command.query_async::<T>(&mut conn).await });
-        match once().await {
-            Err(StoreError::Redis(error)) if never_sent(&error) => once().await,
-            outcome => outcome,
-        }
+        self.on_shared(|mut conn| async move { command.query_async::<T>(&mut conn).await })
+            .await
     }
 
     /// Grants the lock to `token`'s holder unless someone holds it.
