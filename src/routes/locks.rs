@@ -391,24 +391,13 @@ pub async fn acquire_lock(
     }
 
     let token = LockToken::generate();
+    let started = Instant::now();
     let outcome = if wait_ms == 0 {
-        let outcome = state
+        state
             .store
             .acquire(&resource_id, &agent, &token, ttl_ms, idempotency.as_ref())
-            .await?;
-        if let Acquired::Held(holder) = outcome {
-            crate::metrics::contended();
-            return Err(ApiError::LockHeld {
-                resource_id: resource_id.to_string(),
-                holder,
-            });
-        }
-        if matches!(outcome, Acquired::Granted(_)) {
-            crate::metrics::granted(None);
-        }
-        outcome
+            .await?
     } else {
-        let deadline = Instant::now() + Duration::from_millis(wait_ms);
         acquire_waiting(
             &state,
             &resource_id,
@@ -416,22 +405,27 @@ pub async fn acquire_lock(
             &token,
             ttl_ms,
             idempotency.as_ref(),
-            deadline,
+            started + Duration::from_millis(wait_ms),
         )
         .await?
     };
 
     let mut headers = HeaderMap::new();
     let (lease, token) = match outcome {
-        Acquired::Granted(lease) => (lease, token),
+        Acquired::Granted(lease) => {
+            crate::metrics::granted((wait_ms > 0).then(|| started.elapsed()));
+            (lease, token)
+        }
         Acquired::Replayed(lease, token) => {
             headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
             (lease, token)
         }
-        Acquired::Held(_) => {
-            return Err(ApiError::Internal(
-                "acquire reported a held lock after handling it".into(),
-            ));
+        Acquired::Held(holder) => {
+            crate::metrics::contended();
+            return Err(ApiError::LockHeld {
+                resource_id: resource_id.to_string(),
+                holder,
+            });
         }
     };
     headers.insert(header::LOCATION, lock_location(&resource_id));
@@ -443,13 +437,6 @@ pub async fn acquire_lock(
     Ok((StatusCode::CREATED, headers, Json(grant)))
 }
 
-/// Tries to acquire until `deadline`, sleeping between attempts until the lock is
-/// released (an event wakes us), its lease ends (a timer), or the deadline passes.
-/// If the client goes away, hyper drops this future and the wait ends with it: no
-/// attempt is made after that, so a gone client acquires nothing.
-///
-/// Returns a grant or a replayed grant, never `Held`: a lock still held at the deadline
-/// is a `lock_held` error.
 /// One acquire attempt of a waiting request, run as its own task. If the request goes
 /// away (the client disconnected, the request timed out) while the script is on its
 /// way, the attempt still ends, and a lock it granted, which nobody will hear of, is
@@ -524,6 +511,11 @@ impl Drop for DetachedAttempt {
     }
 }
 
+/// Tries to acquire until `deadline`, sleeping between attempts until the lock is
+/// released (an event wakes us), its lease ends (a timer), or the deadline passes.
+/// If the client goes away, hyper drops this future and the wait ends with it (see
+/// [`DetachedAttempt`] for an attempt already under way). Returns `Held` when the lock
+/// is still held at the deadline.
 async fn acquire_waiting(
     state: &AppState,
     resource_id: &ResourceId,
@@ -533,7 +525,6 @@ async fn acquire_waiting(
     idempotency: Option<&IdempotencyKey>,
     deadline: Instant,
 ) -> Result<Acquired, ApiError> {
-    let started = Instant::now();
     let registration = state
         .waiters
         .register(resource_id.as_str(), state.locks.max_waiters)
@@ -551,19 +542,11 @@ async fn acquire_waiting(
         let attempt = DetachedAttempt::start(state, resource_id, agent, token, ttl_ms, idempotency);
         let holder = match attempt.outcome().await? {
             Acquired::Held(holder) => holder,
-            granted @ Acquired::Granted(_) => {
-                crate::metrics::granted(Some(started.elapsed()));
-                return Ok(granted);
-            }
-            replayed @ Acquired::Replayed(..) => return Ok(replayed),
+            done => return Ok(done),
         };
         let now = Instant::now();
         if now >= deadline {
-            crate::metrics::contended();
-            return Err(ApiError::LockHeld {
-                resource_id: resource_id.to_string(),
-                holder,
-            });
+            return Ok(Acquired::Held(holder));
         }
         // At least a millisecond, so a lease ending right now cannot make us spin.
         let lease_end = now + Duration::from_millis(holder.remaining_ms.max(1));
