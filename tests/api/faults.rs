@@ -107,16 +107,7 @@ async fn redis_paused_gives_503_within_the_command_timeout_and_grants_nothing() 
         "answered after {elapsed:?}"
     );
     // Back to normal, and the holder is still the holder.
-    eventually(Duration::from_secs(10), "lockd to serve again", || async {
-        app.client
-            .get(app.lock_url("r"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-    })
-    .await;
+    app.until_serving().await;
     let status = app.status("r").await;
     assert_eq!(status["agent_id"], "agent-a");
     assert_eq!(status["fencing_token"], holder["fencing_token"]);

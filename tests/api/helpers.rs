@@ -292,6 +292,18 @@ impl TestApp {
         body
     }
 
+    /// Waits until lock requests are answered again (after a Redis fault).
+    pub async fn until_serving(&self) {
+        eventually(Duration::from_secs(10), "lockd to serve again", || async {
+            self.client
+                .get(self.lock_url("probe"))
+                .send()
+                .await
+                .is_ok_and(|response| response.status() == 200)
+        })
+        .await;
+    }
+
     /// Sends an acquire that will wait (its body has `wait_ms`) and returns once the
     /// server is waiting on it, with the task that yields its response.
     pub async fn spawn_waiter(

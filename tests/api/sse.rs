@@ -547,16 +547,7 @@ async fn clients_miss_nothing_when_the_subscription_drops() {
 
     // A whole Redis restart (with its data kept on disk) under the open stream.
     redis.restart().await;
-    eventually(Duration::from_secs(10), "lockd to serve again", || async {
-        app.client
-            .get(app.lock_url("x"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-    })
-    .await;
+    app.until_serving().await;
     for n in 0..5 {
         app.acquire_ok(&format!("after-{n}"), "agent", 60_000).await;
     }
