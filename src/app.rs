@@ -76,7 +76,7 @@ impl Application {
         let subscriber = tokio::spawn(events::run_subscriber(
             SubscriberConfig {
                 redis: settings.redis.clone(),
-                channel: store::event_channel(&settings.redis.key_prefix),
+                channels: store::event_channels(&settings.redis),
                 connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
             },
             store.clone(),

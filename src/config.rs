@@ -15,6 +15,12 @@ use serde::{Deserialize, Serialize};
 /// The defaults, the same text as `config/default.toml` in the repository.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// Most event partitions `redis.partitions` may ask for.
+pub const MAX_PARTITIONS: u16 = 1024;
+/// Event partitions in cluster mode when `redis.partitions` is 0: enough for the keys
+/// and events to spread over a few dozen primaries.
+pub const CLUSTER_PARTITIONS: u16 = 16;
+
 /// All of lockd's settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +91,8 @@ pub enum RedisMode {
     Standalone,
     /// The primary that Sentinel names.
     Sentinel,
+    /// A Redis Cluster, found through its seed nodes.
+    Cluster,
 }
 
 /// `[redis]`.
@@ -98,6 +106,11 @@ pub struct RedisSettings {
     /// Sentinel mode: the monitored primary's name.
     #[serde(deserialize_with = "text")]
     pub master_name: String,
+    /// Cluster mode: seed nodes' URLs; the rest of the cluster is discovered from them.
+    pub nodes: Vec<String>,
+    /// Event partitions (and hash-tag groups of keys); 0 picks 1 outside cluster mode and
+    /// 16 in it. Every instance on one keyspace must use the same number.
+    pub partitions: u16,
     /// Replicas that must acknowledge a grant (WAIT) before it is answered.
     pub min_replicas_ack: u32,
     /// How long to wait for those acknowledgements.
@@ -119,12 +132,34 @@ pub struct RedisSettings {
     pub command_timeout_ms: u64,
 }
 
+impl RedisSettings {
+    /// How many event partitions the keyspace is split into (`redis.partitions`, or its
+    /// automatic value).
+    #[must_use]
+    pub fn partition_count(&self) -> usize {
+        match (self.partitions, self.mode) {
+            (0, RedisMode::Cluster) => usize::from(CLUSTER_PARTITIONS),
+            (0, _) => 1,
+            (n, _) => usize::from(n),
+        }
+    }
+}
+
 impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
             .field("mode", &self.mode)
             .field("sentinels", &self.sentinels)
             .field("master_name", &self.master_name)
+            .field(
+                "nodes",
+                &self
+                    .nodes
+                    .iter()
+                    .map(|url| redact_url(url))
+                    .collect::<Vec<_>>(),
+            )
+            .field("partitions", &self.partitions)
             .field("min_replicas_ack", &self.min_replicas_ack)
             .field("replica_ack_timeout_ms", &self.replica_ack_timeout_ms)
             .field("url", &redact_url(&self.url))
@@ -323,7 +358,11 @@ impl Settings {
             ));
         }
         if !self.redis.tls_ca_file.is_empty() {
-            if !url.starts_with("rediss://") {
+            let tls = match self.redis.mode {
+                RedisMode::Cluster => self.redis.nodes.iter().all(|u| u.starts_with("rediss://")),
+                _ => url.starts_with("rediss://"),
+            };
+            if !tls {
                 return Err(invalid(
                     "redis.tls_ca_file",
                     "is only used with a rediss:// URL",
@@ -360,6 +399,31 @@ impl Settings {
                     "must not be empty in sentinel mode",
                 ));
             }
+        }
+        if self.redis.mode == RedisMode::Cluster {
+            if self.redis.nodes.is_empty() {
+                return Err(invalid(
+                    "redis.nodes",
+                    "cluster mode needs at least one seed node",
+                ));
+            }
+            if let Some(bad) = self
+                .redis
+                .nodes
+                .iter()
+                .find(|url| !(url.starts_with("redis://") || url.starts_with("rediss://")))
+            {
+                return Err(invalid(
+                    "redis.nodes",
+                    format!("{:?} is not a redis:// or rediss:// URL", redact_url(bad)),
+                ));
+            }
+        }
+        if self.redis.partitions > MAX_PARTITIONS {
+            return Err(invalid(
+                "redis.partitions",
+                format!("must be at most {MAX_PARTITIONS}"),
+            ));
         }
         if self.server.request_timeout_ms <= 2 * self.redis.command_timeout_ms {
             // Past the request timeout the outcome of a change is unknown, but the answer

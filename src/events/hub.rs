@@ -249,15 +249,17 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::EventId;
+    use crate::events::{Cursor, EventId, RawEvent};
 
     fn event(seq: u64, kind: EventKind, resource_id: &str) -> Arc<Event> {
-        Arc::new(Event {
-            id: EventId { ms: 1, seq },
-            kind,
-            resource_id: resource_id.to_owned(),
-            frame: bytes::Bytes::new(),
-        })
+        let id = EventId { ms: 1, seq };
+        let body = format!(
+            r#"{{"type":"{}","resource_id":"{resource_id}","agent_id":"a","fencing_token":1,"at":"2026-11-26T13:40:00.123Z","reason":"released"}}"#,
+            kind.as_str()
+        );
+        let mut cursor = Cursor::start(1);
+        cursor.set(0, id);
+        Arc::new(RawEvent::from_stored(id, &body).unwrap().place(0, cursor))
     }
 
     #[test]

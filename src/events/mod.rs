@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 pub use hub::{Filter, Hub, HubLimits, Refused, Subscription};
-pub use id::EventId;
+pub use id::{Cursor, EventId};
 pub use subscriber::run_subscriber;
 pub use waiters::{WaitRegistration, Waiters};
 
@@ -60,17 +60,18 @@ impl EventKind {
     }
 }
 
-/// One event, parsed once and shared by every consumer.
+/// An event as Redis holds or publishes it, parsed but not yet placed in the history
+/// that clients see.
 #[derive(Debug)]
-pub struct Event {
-    /// Its stream id.
+pub struct RawEvent {
+    /// Its entry id in its partition's stream.
     pub id: EventId,
     /// What happened.
     pub kind: EventKind,
     /// To which resource.
     pub resource_id: String,
-    /// The whole SSE frame (`id:`, `event:`, `data:`), rendered once for all clients.
-    pub frame: Bytes,
+    /// The JSON document without its `id` member, as the stream keeps it.
+    body: String,
 }
 
 /// The routing fields of an event document.
@@ -81,8 +82,8 @@ struct Head {
     resource_id: String,
 }
 
-impl Event {
-    /// Parses an event as published: a JSON document with its `id`.
+impl RawEvent {
+    /// Parses an event as published: a JSON document that starts with its `id`.
     ///
     /// # Errors
     /// A message when the document is not a lockd event.
@@ -92,7 +93,11 @@ impl Event {
             id: String,
         }
         let WithId { id } = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        Self::new(id.parse()?, json)
+        // The scripts publish `{"id":"<id>",` followed by the stored document's members.
+        let rest = json
+            .strip_prefix(&format!("{{\"id\":\"{id}\","))
+            .ok_or_else(|| "the event does not start with its id".to_owned())?;
+        Self::from_stored(id.parse()?, &format!("{{{rest}"))
     }
 
     /// Parses an event as the stream keeps it: the document without its `id`.
@@ -100,27 +105,66 @@ impl Event {
     /// # Errors
     /// A message when the document is not a lockd event.
     pub fn from_stored(id: EventId, body: &str) -> Result<Self, String> {
-        // The same splice the Lua prelude makes when it publishes.
-        let rest = body
-            .strip_prefix('{')
-            .ok_or_else(|| format!("event {id} is not a JSON object"))?;
-        Self::new(id, &format!("{{\"id\":\"{id}\",{rest}"))
-    }
-
-    fn new(id: EventId, json: &str) -> Result<Self, String> {
-        let head: Head = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        if !body.starts_with('{') {
+            return Err(format!("event {id} is not a JSON object"));
+        }
+        let head: Head = serde_json::from_str(body).map_err(|e| e.to_string())?;
         // The scripts write compact JSON, and ids cannot hold control characters, so the
         // document is one line: it fits a single `data:` field.
-        if json.contains(['\n', '\r']) {
+        if body.contains(['\n', '\r']) {
             return Err(format!("event {id} spans several lines"));
         }
-        let frame = format!("id: {id}\nevent: {}\ndata: {json}\n\n", head.kind.as_str());
         Ok(Self {
             id,
             kind: head.kind,
             resource_id: head.resource_id,
-            frame: Bytes::from(frame),
+            body: body.to_owned(),
         })
+    }
+
+    /// The SSE frame (`id:`, `event:`, `data:`) of this event for a client that stands at
+    /// `cursor` once it has it: the cursor is the event's `id`, in the frame and in the
+    /// document alike.
+    #[must_use]
+    pub fn frame(&self, cursor: &Cursor) -> Bytes {
+        let rest = &self.body[1..];
+        Bytes::from(format!(
+            "id: {cursor}\nevent: {}\ndata: {{\"id\":\"{cursor}\",{rest}\n\n",
+            self.kind.as_str()
+        ))
+    }
+
+    /// Places the event in the history: `cursor` is where the history stands with it
+    /// (this event in its partition, the last one handed out in every other).
+    #[must_use]
+    pub fn place(self, partition: usize, cursor: Cursor) -> Event {
+        Event {
+            frame: self.frame(&cursor),
+            partition,
+            cursor,
+            raw: self,
+        }
+    }
+}
+
+/// One event as handed out live, shared by every consumer.
+#[derive(Debug)]
+pub struct Event {
+    /// The event itself.
+    pub raw: RawEvent,
+    /// The partition whose stream holds it.
+    pub partition: usize,
+    /// Where the history stands with this event.
+    pub cursor: Cursor,
+    /// The whole SSE frame (`id:`, `event:`, `data:`), rendered once for all clients.
+    pub frame: Bytes,
+}
+
+impl std::ops::Deref for Event {
+    type Target = RawEvent;
+
+    fn deref(&self) -> &RawEvent {
+        &self.raw
     }
 }
 
@@ -132,21 +176,55 @@ mod tests {
     fn stored_and_published_forms_give_the_same_frame() {
         let body = r#"{"type":"resource.locked","resource_id":"file:src\/a.py","agent_id":"a","fencing_token":5,"at":"2026-11-26T13:40:00.123Z","expires_at":"2026-11-26T13:40:30.123Z"}"#;
         let id: EventId = "1764164400123-0".parse().unwrap();
-        let stored = Event::from_stored(id, body).unwrap();
+        let cursor = Cursor::parse("1764164400123-0", 1).unwrap();
+        let stored = RawEvent::from_stored(id, body).unwrap();
         let published =
-            Event::from_published(&format!("{{\"id\":\"1764164400123-0\",{}", &body[1..])).unwrap();
-        assert_eq!(stored.frame, published.frame);
+            RawEvent::from_published(&format!("{{\"id\":\"1764164400123-0\",{}", &body[1..]))
+                .unwrap();
+        assert_eq!(stored.frame(&cursor), published.frame(&cursor));
         assert_eq!(stored.resource_id, "file:src/a.py");
         assert_eq!(stored.kind, EventKind::Locked);
-        let frame = std::str::from_utf8(&stored.frame).unwrap();
+        let event = stored.place(0, cursor);
+        let frame = std::str::from_utf8(&event.frame).unwrap();
         assert!(frame.starts_with("id: 1764164400123-0\nevent: resource.locked\ndata: {\"id\":\"1764164400123-0\",\"type\""));
         assert!(frame.ends_with("}\n\n"));
     }
 
     #[test]
+    fn a_partitioned_frame_carries_the_cursor_as_its_id() {
+        let body = r#"{"type":"resource.unlocked","resource_id":"r","agent_id":"a","fencing_token":5,"at":"2026-11-26T13:40:00.123Z","reason":"released"}"#;
+        let raw = RawEvent::from_stored("7-1".parse().unwrap(), body).unwrap();
+        let cursor = Cursor::parse("0.7-1.3-0", 3).unwrap();
+        let frame = String::from_utf8(raw.frame(&cursor).to_vec()).unwrap();
+        assert!(
+            frame.starts_with(
+                "id: 0.7-1.3-0\nevent: resource.unlocked\ndata: {\"id\":\"0.7-1.3-0\",\"type\""
+            ),
+            "{frame}"
+        );
+        let data: serde_json::Value = serde_json::from_str(
+            frame
+                .lines()
+                .nth(2)
+                .unwrap()
+                .strip_prefix("data: ")
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(data["id"], "0.7-1.3-0");
+        assert_eq!(data["reason"], "released");
+    }
+
+    #[test]
     fn foreign_documents_are_refused() {
-        assert!(Event::from_published("{}").is_err());
-        assert!(Event::from_published(r#"{"id":"1-0","type":"other","resource_id":"r"}"#).is_err());
-        assert!(Event::from_stored(EventId::ZERO, "[]").is_err());
+        assert!(RawEvent::from_published("{}").is_err());
+        assert!(
+            RawEvent::from_published(r#"{"id":"1-0","type":"other","resource_id":"r"}"#).is_err()
+        );
+        assert!(
+            RawEvent::from_published(r#"{"type":"resource.locked","resource_id":"r","id":"1-0"}"#)
+                .is_err()
+        );
+        assert!(RawEvent::from_stored(EventId::ZERO, "[]").is_err());
     }
 }

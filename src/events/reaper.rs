@@ -14,38 +14,34 @@ use crate::store::Store;
 /// Longest pause between two reaps: a lease that another instance shortens is still
 /// announced well within a second.
 const MAX_PAUSE: Duration = Duration::from_millis(250);
-/// Most leases announced by one script call, so Redis is never blocked for long.
+/// Most leases announced by one script call (per partition), so Redis is never blocked
+/// for long.
 const BATCH: usize = 200;
 
 /// Runs until `shutdown` fires.
 pub async fn run(store: Store, shutdown: CancellationToken) {
     let mut failing = false;
     loop {
-        let pause = match store.reap(BATCH).await {
-            Ok((announced, next)) => {
-                if failing {
-                    tracing::info!("expiry reaper reaches Redis again");
-                    failing = false;
-                }
-                if announced > 0 {
-                    tracing::debug!(announced, "announced expired leases");
-                    crate::metrics::expired(announced);
-                }
-                if announced as usize >= BATCH {
-                    Duration::ZERO
-                } else {
-                    next.map_or(MAX_PAUSE, |next| {
-                        next.clamp(Duration::from_millis(1), MAX_PAUSE)
-                    })
-                }
+        let reaped = store.reap(BATCH).await;
+        if reaped.announced > 0 {
+            tracing::debug!(announced = reaped.announced, "announced expired leases");
+            crate::metrics::expired(reaped.announced);
+        }
+        match (&reaped.failure, failing) {
+            (Some(error), false) => {
+                tracing::warn!(%error, "expiry reaper cannot reach Redis");
+                failing = true;
             }
-            Err(error) => {
-                if !failing {
-                    tracing::warn!(%error, "expiry reaper cannot reach Redis");
-                    failing = true;
-                }
-                MAX_PAUSE
+            (None, true) => {
+                tracing::info!("expiry reaper reaches Redis again");
+                failing = false;
             }
+            _ => {}
+        }
+        let pause = match reaped.next {
+            Some(Duration::ZERO) => Duration::ZERO,
+            Some(next) => next.clamp(Duration::from_millis(1), MAX_PAUSE),
+            None => MAX_PAUSE,
         };
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -3,15 +3,21 @@
 //! It reconnects with backoff when Redis goes away. After each reconnection it reads
 //! what it missed from the stream before going on with live messages, skipping ids it
 //! has already dispatched, so consumers see every event once and in order.
+//!
+//! In cluster mode it is one RESP3 cluster connection subscribed (`SSUBSCRIBE`) to every
+//! partition's sharded channel, each on the primary that owns it. Any node's connection
+//! dropping, or a channel's slot moving away, starts the whole subscription over, gap
+//! fill included: events are in order per partition, and no partition is left behind.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::redis;
+use deadpool_redis::redis::{self, Value};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{Event, EventId, Hub, Waiters};
+use super::{Cursor, Hub, RawEvent, Waiters};
+use crate::config::RedisMode;
 use crate::store::{Store, StoreError};
 
 /// Longest pause between reconnection attempts.
@@ -26,8 +32,9 @@ const FILL_PAGE: usize = 500;
 pub struct SubscriberConfig {
     /// Where Redis is: the server, or the Sentinels that name the primary.
     pub redis: crate::config::RedisSettings,
-    /// The channel the scripts publish on.
-    pub channel: String,
+    /// The channels the scripts publish on: one, or in cluster mode one sharded channel
+    /// per partition.
+    pub channels: Vec<String>,
     /// Longest time to connect and subscribe.
     pub connect_timeout: Duration,
 }
@@ -37,40 +44,69 @@ struct Dispatcher {
     waiters: Waiters,
     hub: Hub,
     store: Store,
-    last: Option<EventId>,
+    /// Per partition, the last event handed out (or where the stream stood when the
+    /// first subscription was made); `None` until then.
+    last: Option<Cursor>,
 }
 
 impl Dispatcher {
-    fn dispatch(&mut self, event: Event) {
-        if self.last.is_some_and(|last| event.id <= last) {
+    fn dispatch(&mut self, event: RawEvent) {
+        let Some(last) = self.last.as_mut() else {
+            return;
+        };
+        let partition = self.store.partition_of(&event.resource_id);
+        if event.id <= last.get(partition) {
             return;
         }
-        self.last = Some(event.id);
+        last.set(partition, event.id);
         if event.kind == super::EventKind::Unlocked {
             self.waiters.wake(&event.resource_id);
         }
+        let event = event.place(partition, last.clone());
         self.hub.publish(&Arc::new(event));
     }
 
-    /// Dispatches what the stream holds after the last event handed out (or after where
-    /// the stream stood when the first subscription was made).
+    /// Where every partition's stream stands, before the first subscription: anything
+    /// after it that the subscription does not deliver, the gap fill will.
+    async fn start(&mut self) -> Result<(), StoreError> {
+        if self.last.is_some() {
+            return Ok(());
+        }
+        let mut start = Cursor::start(self.store.partitions());
+        for partition in 0..self.store.partitions() {
+            if let Some(newest) = self.store.last_event_id(partition).await? {
+                start.set(partition, newest);
+            }
+        }
+        self.last = Some(start);
+        Ok(())
+    }
+
+    /// Dispatches what each partition's stream holds after the last event handed out.
     async fn fill_gap(&mut self) -> Result<(), StoreError> {
-        let Some(mut after) = self.last else {
+        for partition in 0..self.store.partitions() {
+            self.fill_partition(partition).await?;
+        }
+        Ok(())
+    }
+
+    async fn fill_partition(&mut self, partition: usize) -> Result<(), StoreError> {
+        let Some(mut after) = self.last.as_ref().map(|last| last.get(partition)) else {
             return Ok(());
         };
-        if self.store.event_log_bounds().await?.max_deleted > after {
+        if self.store.event_log_bounds(partition).await?.max_deleted > after {
             // The capped stream lost events this process never handed out: the clients
             // cannot be made whole from here. Cut them off; they resume with their
             // Last-Event-ID and are told of the gap.
-            tracing::warn!(%after, "events were trimmed while the subscription was down");
+            tracing::warn!(%after, partition, "events were trimmed while the subscription was down");
             self.hub.disconnect_all();
         }
         loop {
-            let page = self.store.events_after(after, FILL_PAGE).await?;
+            let page = self.store.events_after(partition, after, FILL_PAGE).await?;
             let full = page.len() == FILL_PAGE;
             for stored in page {
                 after = stored.id;
-                match Event::from_stored(stored.id, &stored.body) {
+                match RawEvent::from_stored(stored.id, &stored.body) {
                     Ok(event) => self.dispatch(event),
                     Err(error) => tracing::warn!(%error, "skipping a malformed stored event"),
                 }
@@ -78,6 +114,18 @@ impl Dispatcher {
             if !full {
                 return Ok(());
             }
+        }
+    }
+
+    /// Dispatches a published message.
+    fn dispatch_published(&mut self, payload: &[u8]) {
+        let Ok(payload) = std::str::from_utf8(payload) else {
+            tracing::warn!("ignoring an event that is not UTF-8");
+            return;
+        };
+        match RawEvent::from_published(payload) {
+            Ok(event) => self.dispatch(event),
+            Err(error) => tracing::warn!(%error, "ignoring a malformed event"),
         }
     }
 }
@@ -98,9 +146,16 @@ pub async fn run_subscriber(
     };
     let mut backoff = Duration::from_millis(50);
     loop {
+        // Boxed: the two forms' states are large, and only one runs at a time.
+        let session: std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> =
+            if config.redis.mode == RedisMode::Cluster {
+                Box::pin(subscribe_cluster_and_dispatch(&config, &mut dispatcher))
+            } else {
+                Box::pin(subscribe_and_dispatch(&config, &mut dispatcher))
+            };
         let outcome = tokio::select! {
             () = shutdown.cancelled() => return,
-            outcome = subscribe_and_dispatch(&config, &mut dispatcher) => outcome,
+            outcome = session => outcome,
         };
         match outcome {
             Ok(()) => {
@@ -139,26 +194,17 @@ async fn subscribe_and_dispatch(
     .await
     .map_err(|_| "timed out asking for the primary".to_owned())?
     .map_err(|e| e.to_string())?;
-    if dispatcher.last.is_none() {
-        // Where the stream stands before the first subscription: anything after it that
-        // the subscription does not deliver, the gap fill will.
-        let newest = dispatcher
-            .store
-            .last_event_id()
-            .await
-            .map_err(|e| e.to_string())?;
-        dispatcher.last = Some(newest.unwrap_or(EventId::ZERO));
-    }
+    dispatcher.start().await.map_err(|e| e.to_string())?;
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(&config.channel).await?;
+        pubsub.subscribe(&config.channels).await?;
         Ok::<_, redis::RedisError>(pubsub)
     };
     let pubsub = tokio::time::timeout(config.connect_timeout, connect)
         .await
         .map_err(|_| "timed out subscribing".to_owned())?
         .map_err(|e| e.to_string())?;
-    tracing::info!(channel = %config.channel, "subscribed to events");
+    tracing::info!(channels = ?config.channels, "subscribed to events");
 
     // Live messages queue up on the connection meanwhile, and duplicates are skipped.
     dispatcher.fill_gap().await.map_err(|e| e.to_string())?;
@@ -187,16 +233,84 @@ async fn subscribe_and_dispatch(
         let Some(message) = message else {
             break;
         };
-        let payload = match std::str::from_utf8(message.get_payload_bytes()) {
-            Ok(payload) => payload,
-            Err(_) => {
-                tracing::warn!("ignoring an event that is not UTF-8");
+        dispatcher.dispatch_published(message.get_payload_bytes());
+    }
+    dispatcher.hub.set_live(false);
+    Ok(())
+}
+
+/// The cluster form of [`subscribe_and_dispatch`]: one sharded subscription per
+/// partition, on a cluster connection that pushes what it receives.
+///
+/// # Errors
+/// When the connection, a subscription or the gap fill fails.
+async fn subscribe_cluster_and_dispatch(
+    config: &SubscriberConfig,
+    dispatcher: &mut Dispatcher,
+) -> Result<(), String> {
+    let (pushes, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let client =
+        crate::store::cluster_client(&config.redis, Some(pushes)).map_err(|e| e.to_string())?;
+    dispatcher.start().await.map_err(|e| e.to_string())?;
+    let connect = async {
+        let mut connection = client.get_async_connection().await?;
+        // One channel per call: a sharded subscription names channels of one slot only.
+        for channel in &config.channels {
+            connection.ssubscribe(channel).await?;
+        }
+        Ok::<_, redis::RedisError>(connection)
+    };
+    let mut connection = tokio::time::timeout(config.connect_timeout, connect)
+        .await
+        .map_err(|_| "timed out subscribing".to_owned())?
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        channels = config.channels.len(),
+        "subscribed to events on the cluster"
+    );
+
+    // Messages queue up on the channel meanwhile, and duplicates are skipped.
+    dispatcher.fill_gap().await.map_err(|e| e.to_string())?;
+    dispatcher.waiters.wake_all();
+    dispatcher.hub.set_live(true);
+
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.tick().await;
+    loop {
+        let push = tokio::select! {
+            push = received.recv() => push,
+            _ = heartbeat.tick() => {
+                // PING goes to every node; a node that stopped answering fails it.
+                let pong = tokio::time::timeout(
+                    config.connect_timeout,
+                    redis::cmd("PING").query_async::<Value>(&mut connection),
+                )
+                .await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    tracing::warn!("event subscription stopped answering; reconnecting");
+                    break;
+                }
                 continue;
             }
         };
-        match Event::from_published(payload) {
-            Ok(event) => dispatcher.dispatch(event),
-            Err(error) => tracing::warn!(%error, "ignoring a malformed event"),
+        let Some(push) = push else {
+            break;
+        };
+        match push.kind {
+            redis::PushKind::SMessage => {
+                if let [_, Value::BulkString(payload)] = push.data.as_slice() {
+                    dispatcher.dispatch_published(payload);
+                }
+            }
+            // A node went away (the connection resubscribes by itself, but what was
+            // published meanwhile must be read from the stream), or a channel's slot
+            // moved to another node: start over.
+            redis::PushKind::Disconnection | redis::PushKind::SUnsubscribe => {
+                tracing::warn!(kind = ?push.kind, "event subscription interrupted; resubscribing");
+                break;
+            }
+            _ => {}
         }
     }
     dispatcher.hub.set_live(false);

@@ -23,7 +23,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, Problem};
-use crate::events::{Event, EventId, EventKind, Filter, Refused, Subscription};
+use crate::events::{Cursor, EventKind, Filter, RawEvent, Refused, Subscription};
 use crate::server::ConnectionCloser;
 use crate::store::Store;
 
@@ -51,9 +51,11 @@ pub struct EventsQuery {
 #[expect(dead_code, reason = "describes the header for OpenAPI only")]
 pub struct ResumeHeader {
     /// Resume after this event id (the `id` of the last event received). Empty counts as
-    /// absent; anything not shaped like an event id is 400 `invalid_last_event_id`.
+    /// absent; anything that is not an event id of this deployment is 400
+    /// `invalid_last_event_id`. With one partition (`redis.partitions`) an id is a Redis
+    /// stream id; with several, one position per partition joined by `.`.
     #[param(required = false, rename = "Last-Event-ID", value_type = String,
-        pattern = "^([0-9]{1,19}-[0-9]{1,19})?$", example = "1764164400123-0")]
+        pattern = "^(|([0-9]{1,19}-[0-9]{1,19})(\\.(([0-9]{1,19}-[0-9]{1,19})|0))*|0(\\.(([0-9]{1,19}-[0-9]{1,19})|0))+)$", example = "1764164400123-0")]
     last_event_id: Option<String>,
 }
 
@@ -69,8 +71,12 @@ pub struct ResumeHeader {
     "expires_at": "2026-11-26T13:40:30.123Z"
 }))]
 pub struct LockEvent {
-    /// Ordered, opaque event id; send it back as `Last-Event-ID` to resume.
-    #[schema(pattern = "^[0-9]+-[0-9]+$", example = "1764164400123-0")]
+    /// Opaque event id: where the stream stands with this event. Send it back as
+    /// `Last-Event-ID` to resume after it.
+    #[schema(
+        pattern = "^(([0-9]{1,19}-[0-9]{1,19})(\\.(([0-9]{1,19}-[0-9]{1,19})|0))*|0(\\.(([0-9]{1,19}-[0-9]{1,19})|0))+)$",
+        example = "1764164400123-0"
+    )]
     pub id: String,
     /// `resource.locked`, `resource.refreshed` or `resource.unlocked`.
     #[serde(rename = "type")]
@@ -131,7 +137,8 @@ pub struct StreamGap {
     /// The `Last-Event-ID` the client sent.
     #[schema(example = "1764164400123-0")]
     pub requested_id: String,
-    /// The oldest event the stream still holds (null when it holds none).
+    /// The oldest event the stream still holds (null when it holds none, and with several
+    /// partitions, where no one event id says it).
     #[schema(required = true, example = "1764164500000-0")]
     pub oldest_id: Option<String>,
 }
@@ -170,7 +177,7 @@ impl utoipa::PartialSchema for EventFrame {
             ));
         let id = ObjectBuilder::new()
             .schema_type(Type::String)
-            .pattern(Some("^[0-9]+-[0-9]+$"))
+            .pattern(Some("^(([0-9]{1,19}-[0-9]{1,19})(\\.(([0-9]{1,19}-[0-9]{1,19})|0))*|0(\\.(([0-9]{1,19}-[0-9]{1,19})|0))+)$"))
             .description(Some(
                 "The event id, as in `data`; `stream.gap` has none. Reconnect with the last \
                  one as `Last-Event-ID`.",
@@ -271,7 +278,8 @@ pub async fn stream_events(
     principal.require(Scope::Read)?;
     let Query(query) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
     let filter = parse_filter(query)?;
-    let resume = parse_last_event_id(&headers)?;
+    let partitions = state.store.partitions();
+    let resume = parse_last_event_id(&headers, partitions)?;
 
     // Registered first: whatever is published from here on reaches the client, and what
     // was published before is in the stream.
@@ -296,21 +304,35 @@ pub async fn stream_events(
 
     let mut opening = BytesMut::new();
     opening.extend_from_slice(format!("retry: {}\n\n", state.events.retry_ms).as_bytes());
-    let mut trimmed_before = EventId::ZERO;
-    if let Some(requested) = resume {
-        let bounds = state.store.event_log_bounds().await?;
-        trimmed_before = bounds.max_deleted;
-        // Trimming removes the oldest entries, so nothing is missing after `requested`
-        // when the stream still holds it or its successor. The id right after
-        // `requested` was the newest one trimmed away, or the first one held. Any other id
-        // older than the first one held means events were trimmed or lost with Redis.
-        let missing =
-            bounds.first.is_none_or(|first| requested < first) && requested != bounds.max_deleted;
+    let mut trimmed_before = Cursor::start(partitions);
+    if let Some(requested) = &resume {
+        let store = &state.store;
+        let bounds = futures_util::future::try_join_all(
+            (0..partitions).map(|partition| store.event_log_bounds(partition)),
+        )
+        .await?;
+        let mut missing = false;
+        for (partition, bounds) in bounds.iter().enumerate() {
+            trimmed_before.set(partition, bounds.max_deleted);
+            // Trimming removes the oldest entries, so nothing is missing after the
+            // requested id when the stream still holds it or its successor. The id right
+            // after it was the newest one trimmed away, or the first one held. Any other
+            // id older than the first one held means events were trimmed or lost with Redis.
+            let wanted = requested.get(partition);
+            missing |=
+                bounds.first.is_none_or(|first| wanted < first) && wanted != bounds.max_deleted;
+        }
         if missing {
+            // With one partition, the oldest event held is where the client can resume
+            // from; with several, no one event id says that.
+            let oldest_id = match bounds.as_slice() {
+                [bounds] => bounds.first.map(|id| id.to_string()),
+                _ => None,
+            };
             let gap = StreamGap {
                 gap_type: "stream.gap",
                 requested_id: requested.to_string(),
-                oldest_id: bounds.first.map(|id| id.to_string()),
+                oldest_id,
             };
             let data =
                 serde_json::to_string(&gap).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -323,7 +345,7 @@ pub async fn stream_events(
         filter,
         subscription,
         opening: Some(opening.freeze()),
-        replay_after: resume,
+        replaying: resume.is_some().then_some(0),
         trimmed_before,
         last: resume,
         keepalive: Duration::from_millis(state.events.keepalive_ms),
@@ -367,7 +389,7 @@ fn parse_filter(query: EventsQuery) -> Result<Filter, ApiError> {
 }
 
 /// `Last-Event-ID`: absent or empty means "live only".
-fn parse_last_event_id(headers: &HeaderMap) -> Result<Option<EventId>, ApiError> {
+fn parse_last_event_id(headers: &HeaderMap, partitions: usize) -> Result<Option<Cursor>, ApiError> {
     let Some(value) = headers.get("last-event-id") else {
         return Ok(None);
     };
@@ -378,7 +400,9 @@ fn parse_last_event_id(headers: &HeaderMap) -> Result<Option<EventId>, ApiError>
     if text.is_empty() {
         return Ok(None);
     }
-    text.parse().map(Some).map_err(ApiError::InvalidLastEventId)
+    Cursor::parse(text, partitions)
+        .map(Some)
+        .map_err(ApiError::InvalidLastEventId)
 }
 
 /// One client's event stream: the opening lines, then the replay, then live events.
@@ -388,13 +412,15 @@ struct Feed {
     subscription: Subscription,
     /// `retry:` and any `stream.gap`, sent first.
     opening: Option<Bytes>,
-    /// Still replaying the stream after this id.
-    replay_after: Option<EventId>,
-    /// The newest event trimmed away when the replay began (any gap before it has been
-    /// told with `stream.gap`).
-    trimmed_before: EventId,
-    /// The newest id sent; live events up to it were already replayed.
-    last: Option<EventId>,
+    /// Still replaying this partition's stream, after `last`'s position in it; the
+    /// partitions after it follow.
+    replaying: Option<usize>,
+    /// Per partition, the newest event trimmed away when the replay began (any gap
+    /// before it has been told with `stream.gap`).
+    trimmed_before: Cursor,
+    /// Where the client stands: per partition, the newest id sent (live events up to it
+    /// were already replayed), or the position it resumed from.
+    last: Option<Cursor>,
     keepalive: Duration,
     shutdown: CancellationToken,
 }
@@ -406,13 +432,16 @@ impl Feed {
         if let Some(opening) = self.opening.take() {
             return Some((Ok(opening), self));
         }
-        while let Some(after) = self.replay_after {
+        while let Some(partition) = self.replaying {
             if self.shutdown.is_cancelled() {
                 return None;
             }
+            let last = self.last.as_mut()?;
+            let after = last.get(partition);
             // Boxed: the Redis call's state is large, and an idle client's stream future
             // would otherwise carry room for it for as long as the connection lasts.
-            let page = match Box::pin(self.store.events_after(after, REPLAY_PAGE)).await {
+            let page = match Box::pin(self.store.events_after(partition, after, REPLAY_PAGE)).await
+            {
                 Ok(page) => page,
                 Err(error) => {
                     // The client resumes from what it got, with Last-Event-ID.
@@ -423,8 +452,9 @@ impl Feed {
             // The stream is capped: if it was trimmed past `after` while this client
             // replayed, the page began later than `after`'s successor. End the stream; the
             // client resumes from what it got and is told of the gap.
-            match Box::pin(self.store.event_log_bounds()).await {
-                Ok(bounds) if bounds.max_deleted <= after.max(self.trimmed_before) => {}
+            match Box::pin(self.store.event_log_bounds(partition)).await {
+                Ok(bounds)
+                    if bounds.max_deleted <= after.max(self.trimmed_before.get(partition)) => {}
                 Ok(_) => {
                     tracing::warn!(%after, "history trimmed during a replay; ending the stream");
                     return None;
@@ -434,13 +464,17 @@ impl Feed {
                     return None;
                 }
             }
-            self.replay_after = (page.len() == REPLAY_PAGE).then(|| page[page.len() - 1].id);
+            self.replaying = if page.len() == REPLAY_PAGE {
+                Some(partition)
+            } else {
+                Some(partition + 1).filter(|next| *next < self.store.partitions())
+            };
             let mut chunk = BytesMut::new();
             for stored in page {
-                self.last = Some(stored.id);
-                match Event::from_stored(stored.id, &stored.body) {
+                last.set(partition, stored.id);
+                match RawEvent::from_stored(stored.id, &stored.body) {
                     Ok(event) if self.filter.matches(event.kind, &event.resource_id) => {
-                        chunk.extend_from_slice(&event.frame);
+                        chunk.extend_from_slice(&event.frame(last));
                     }
                     Ok(_) => {}
                     Err(error) => tracing::warn!(%error, "skipping a malformed stored event"),
@@ -455,11 +489,25 @@ impl Feed {
                 () = self.shutdown.cancelled() => return None,
                 event = self.subscription.receiver.recv() => {
                     let event = event?;
-                    if self.last.is_some_and(|last| event.id <= last) {
+                    let Some(last) = self.last.as_mut() else {
+                        self.last = Some(event.cursor.clone());
+                        return Some((Ok(event.frame.clone()), self));
+                    };
+                    if event.id <= last.get(event.partition) {
                         continue;
                     }
-                    self.last = Some(event.id);
-                    return Some((Ok(event.frame.clone()), self));
+                    // The shared frame's id is where the process's history stands with
+                    // this event. Fresh from a replay, the client can be further on in some
+                    // partition than that: its id must then say so, or a resume from it
+                    // would repeat events.
+                    let frame = if event.cursor.covers(last) {
+                        event.frame.clone()
+                    } else {
+                        last.advance_to(&event.cursor);
+                        event.frame(last)
+                    };
+                    last.advance_to(&event.cursor);
+                    return Some((Ok(frame), self));
                 }
                 () = tokio::time::sleep(self.keepalive) => {
                     return Some((Ok(Bytes::from_static(KEEPALIVE)), self));
@@ -489,8 +537,8 @@ mod tests {
                 .subscribe(Filter::default(), 8, None, Arc::from("test"))
                 .unwrap(),
             opening: None,
-            replay_after: None,
-            trimmed_before: EventId::ZERO,
+            replaying: None,
+            trimmed_before: Cursor::start(1),
             last: None,
             keepalive: Duration::from_secs(1),
             shutdown: CancellationToken::new(),

@@ -1,6 +1,6 @@
-//! The Redis deployment behind the store: one server, or a primary found through
-//! Sentinel. Both hand out multiplexed connections from a deadpool pool, so the store's
-//! code is the same for each.
+//! The Redis deployment behind the store: one server, a primary found through Sentinel,
+//! or a cluster. Each hands out connections from a deadpool pool, so the store's code is
+//! the same for all.
 
 use std::time::Duration;
 
@@ -19,12 +19,15 @@ pub(crate) enum Backend {
     /// The primary that the Sentinels name; after a failover, new connections go to the
     /// new primary.
     Sentinel(sentinel::Pool),
+    /// Every primary of a cluster; commands go to the one that owns their keys' slot.
+    Cluster(deadpool_redis::cluster::Pool),
 }
 
 /// A pooled connection to the primary.
 pub(crate) enum Conn {
     Standalone(deadpool_redis::Connection),
     Sentinel(sentinel::Connection),
+    Cluster(deadpool_redis::cluster::Connection),
 }
 
 impl Backend {
@@ -74,6 +77,19 @@ impl Backend {
                     .map(Self::Sentinel)
                     .map_err(|e| build_error(e.to_string()))
             }
+            RedisMode::Cluster => {
+                let manager =
+                    deadpool_redis::cluster::Manager::new(super::cluster_nodes(redis)?, false)?;
+                deadpool_redis::cluster::Pool::builder(manager)
+                    .max_size(redis.pool_size)
+                    .runtime(Runtime::Tokio1)
+                    .wait_timeout(Some(command))
+                    .create_timeout(Some(connect))
+                    .recycle_timeout(Some(command))
+                    .build()
+                    .map(Self::Cluster)
+                    .map_err(|e| build_error(e.to_string()))
+            }
         }
     }
 
@@ -90,13 +106,22 @@ impl Backend {
                 .await
                 .map(Conn::Sentinel)
                 .map_err(|e| StoreError::Pool(e.to_string())),
+            Self::Cluster(pool) => pool
+                .get()
+                .await
+                .map(Conn::Cluster)
+                .map_err(|e| StoreError::Pool(e.to_string())),
         }
     }
 
-    /// A client for the current primary, for the Pub/Sub subscription.
+    /// A client for the current primary, for the Pub/Sub subscription. A cluster has
+    /// no one primary: use [`super::cluster_client`].
     pub(crate) async fn primary_client(redis: &RedisSettings) -> Result<redis::Client, StoreError> {
         match redis.mode {
             RedisMode::Standalone => Ok(redis::Client::open(super::connection_info(redis)?)?),
+            RedisMode::Cluster => Err(StoreError::Protocol(
+                "a cluster has no single primary".to_owned(),
+            )),
             RedisMode::Sentinel => {
                 let node = redis::sentinel::SentinelNodeConnectionInfo::default()
                     .set_redis_connection_info(primary_credentials(redis)?);
@@ -127,6 +152,7 @@ impl Conn {
         match self {
             Self::Standalone(conn) => drop(deadpool_redis::Connection::take(conn)),
             Self::Sentinel(conn) => drop(sentinel::Connection::take(conn)),
+            Self::Cluster(conn) => drop(deadpool_redis::cluster::Connection::take(conn)),
         }
     }
 }
@@ -136,6 +162,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Standalone(conn) => conn.req_packed_command(cmd),
             Self::Sentinel(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
 
@@ -148,6 +175,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Standalone(conn) => conn.req_packed_commands(cmd, offset, count),
             Self::Sentinel(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -155,6 +183,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Standalone(conn) => conn.get_db(),
             Self::Sentinel(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
         }
     }
 }

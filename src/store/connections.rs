@@ -24,18 +24,60 @@
 //!
 //! Commands that block the connection they run on (`WAIT`) must not share one: they go
 //! through the pool, which lends each request a connection of its own.
+//!
+//! In cluster mode each shared connection is a cluster connection: one multiplexed
+//! connection per primary, with requests routed by the slot of their first key and
+//! redirections (`MOVED`, `ASK`) followed as the cluster's slots move.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::redis::{self, AsyncConnectionConfig};
+use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
+use deadpool_redis::redis::cluster_async::ClusterConnection;
+use deadpool_redis::redis::{self, AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
 
 use super::{StoreError, backend::Backend};
-use crate::config::RedisSettings;
+use crate::config::{RedisMode, RedisSettings};
 
-/// The shared connections.
+/// A connection that many requests share: to one server, or to a whole cluster.
+#[derive(Clone)]
+pub(super) enum SharedConnection {
+    /// To the one server, or to the primary that Sentinel names.
+    Single(MultiplexedConnection),
+    /// To every primary of a cluster.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for SharedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// The shared connections: `redis.pool_size` of them, or one cluster connection.
 pub(super) struct Connections {
     redis: RedisSettings,
     config: AsyncConnectionConfig,
@@ -72,7 +114,7 @@ impl Slot {
 
 #[derive(Clone)]
 struct Shared {
-    connection: MultiplexedConnection,
+    connection: SharedConnection,
     generation: u64,
     /// When it was last lent out or checked (ms since `epoch`).
     last_served: Arc<AtomicU64>,
@@ -81,7 +123,7 @@ struct Shared {
 /// A connection lent to one request: a handle to a shared one.
 pub(super) struct Lent {
     /// The connection.
-    pub(super) connection: MultiplexedConnection,
+    pub(super) connection: SharedConnection,
     slot: usize,
     generation: u64,
 }
@@ -94,7 +136,14 @@ impl Connections {
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(Duration::from_millis(redis.connect_timeout_ms)))
                 .set_response_timeout(Some(Duration::from_millis(redis.command_timeout_ms))),
-            slots: (0..redis.pool_size.max(1))
+            // A cluster connection already holds a multiplexed connection per node, and
+            // repairs them itself: one serves all, and a repair after a node restart is
+            // then made once, not once per slot.
+            slots: (0..if redis.mode == RedisMode::Cluster {
+                1
+            } else {
+                redis.pool_size.max(1)
+            })
                 .map(|_| Slot::default())
                 .collect(),
             next: AtomicUsize::new(0),
@@ -164,12 +213,20 @@ impl Connections {
         Ok(shared)
     }
 
-    async fn open(&self) -> Result<MultiplexedConnection, StoreError> {
+    async fn open(&self) -> Result<SharedConnection, StoreError> {
         let pool_error = |e: deadpool_redis::redis::RedisError| StoreError::Pool(e.to_string());
+        if self.redis.mode == RedisMode::Cluster {
+            return super::cluster_client(&self.redis, None)?
+                .get_async_connection()
+                .await
+                .map(SharedConnection::Cluster)
+                .map_err(pool_error);
+        }
         Backend::primary_client(&self.redis)
             .await?
             .get_multiplexed_async_connection_with_config(&self.config)
             .await
+            .map(SharedConnection::Single)
             .map_err(pool_error)
     }
 

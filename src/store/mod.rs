@@ -6,19 +6,23 @@
 //! Only the SHA-256 of a lock token is stored (invariant 3).
 //!
 //! # Key layout
-//! All keys of a resource share the hash tag `{0}`, the event partition the resource
-//! belongs to, so each script touches one Redis Cluster hash slot:
+//! The keyspace is split into `redis.partitions` partitions (one unless configured, or
+//! in cluster mode); a resource belongs to partition `p` = FNV-1a of its id modulo their
+//! number. All keys of a partition share the hash tag `{p}`, so each script touches one
+//! Redis Cluster hash slot, and the partitions spread over a cluster's primaries:
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{prefix}{0}:lock:{resource_id}` | hash | the lease: token digest, agent, fence, times; expires with the lease |
-//! | `{prefix}{0}:fence:{resource_id}` | string | the last fencing token issued |
-//! | `{prefix}{0}:events` | stream | the event history, capped at `events.history` |
-//! | `{prefix}{0}:expiry` | sorted set | held resource ids by lease end: what the reaper announces |
-//! | `{prefix}{0}:held` | sorted set | held resource ids in byte order: what listing pages through |
-//! | `{prefix}{0}:leases` | hash | per held resource: fence, times, agent (for expiry events and listing) |
+//! | `{prefix}{p}:lock:{resource_id}` | hash | the lease: token digest, agent, fence, times; expires with the lease |
+//! | `{prefix}{p}:fence:{resource_id}` | string | the last fencing token issued |
+//! | `{prefix}{p}:events` | stream | the partition's event history, capped at `events.history` |
+//! | `{prefix}{p}:expiry` | sorted set | held resource ids by lease end: what the reaper announces |
+//! | `{prefix}{p}:held` | sorted set | held resource ids in byte order: what listing pages through |
+//! | `{prefix}{p}:leases` | hash | per held resource: fence, times, agent (for expiry events and listing) |
 //!
-//! Events are also published on the channel `{prefix}events`.
+//! Events are also published: with `PUBLISH` on the channel `{prefix}events`, or in
+//! cluster mode with `SPUBLISH` on the partition's sharded channel `{prefix}{p}:events`
+//! (which hashes to the partition's slot, so the node that runs the script delivers it).
 
 use std::time::Duration;
 
@@ -28,9 +32,9 @@ mod connections;
 use deadpool_redis::redis::{self, Script, Value};
 
 use backend::{Backend, Conn};
-use connections::Connections;
+use connections::{Connections, SharedConnection};
 
-use crate::config::{RedisSettings, Settings};
+use crate::config::{RedisMode, RedisSettings, Settings};
 use crate::domain::{AgentId, AgentPattern, IdempotencyKey, LockToken, ResourceId};
 use crate::error::Holder;
 use crate::events::EventId;
@@ -140,6 +144,17 @@ pub struct Held {
     pub remaining_ms: u64,
 }
 
+/// What one round of reaping did.
+#[derive(Debug)]
+pub struct Reaped {
+    /// Expiries announced.
+    pub announced: u64,
+    /// Time until the next lease ends, when any is held (zero when more are due now).
+    pub next: Option<Duration>,
+    /// Why a partition could not be reaped, if one could not.
+    pub failure: Option<StoreError>,
+}
+
 /// A page of held locks.
 #[derive(Debug)]
 pub struct Page {
@@ -167,6 +182,33 @@ pub struct LogBounds {
     pub max_deleted: EventId,
 }
 
+/// The partition of a resource among `partitions`: FNV-1a (32-bit) of its id, which is
+/// stable across versions and platforms, as every instance must agree on it.
+#[must_use]
+pub fn partition_of(resource_id: &str, partitions: usize) -> usize {
+    if partitions <= 1 {
+        return 0;
+    }
+    let hash = resource_id.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    usize::try_from(hash).unwrap_or(0) % partitions
+}
+
+/// The channels events are published on: one for all partitions, or in cluster mode one
+/// sharded channel per partition (index = partition).
+#[must_use]
+pub fn event_channels(redis: &RedisSettings) -> Vec<String> {
+    let partitions = redis.partition_count();
+    if redis.mode == RedisMode::Cluster {
+        (0..partitions)
+            .map(|p| format!("{}{{{p}}}:events", redis.key_prefix))
+            .collect()
+    } else {
+        vec![event_channel(&redis.key_prefix)]
+    }
+}
+
 /// The scripts, each compiled with the shared prelude; their SHA is computed once.
 struct Scripts {
     acquire: Script,
@@ -178,13 +220,16 @@ struct Scripts {
 }
 
 impl Scripts {
-    fn new() -> Self {
+    /// `publish` is the command that publishes events: `PUBLISH`, or `SPUBLISH` (sharded
+    /// Pub/Sub) in cluster mode.
+    fn new(publish: &str) -> Self {
         const PRELUDE: &str = include_str!("scripts/prelude.lua");
+        let prelude = format!("local PUBLISH_COMMAND = '{publish}'\n{PRELUDE}");
         // The shebang declares each script's flags (Redis 7). A script that writes is then
         // refused as a whole when Redis is out of memory, as any write command is; without
         // it, Redis lets a script run on once its first write (a DEL) was allowed.
-        let writes = |body: &str| Script::new(&format!("#!lua\n{PRELUDE}\n{body}"));
-        let reads = |body: &str| Script::new(&format!("#!lua flags=no-writes\n{PRELUDE}\n{body}"));
+        let writes = |body: &str| Script::new(&format!("#!lua\n{prelude}\n{body}"));
+        let reads = |body: &str| Script::new(&format!("#!lua flags=no-writes\n{prelude}\n{body}"));
         Self {
             acquire: writes(include_str!("scripts/acquire.lua")),
             refresh: writes(include_str!("scripts/refresh.lua")),
@@ -208,19 +253,25 @@ struct Inner {
     /// The pool, for commands that block their connection (`WAIT`).
     backend: Backend,
     scripts: Scripts,
-    /// `{prefix}{0}:` — every key starts with it.
-    key_base: String,
-    stream_key: String,
-    expiry_key: String,
-    held_key: String,
-    leases_key: String,
-    channel: String,
+    /// The keys of each partition.
+    partitions: Box<[Partition]>,
     history: String,
     fence_retention_ms: String,
     command_timeout: Duration,
     /// Replicas that must acknowledge a grant, and how long to wait for them.
     min_replicas_ack: u32,
     replica_ack_timeout_ms: u64,
+}
+
+/// The keys (and channel) of one partition.
+struct Partition {
+    /// `{prefix}{p}:` — every key of the partition starts with it.
+    key_base: String,
+    stream_key: String,
+    expiry_key: String,
+    held_key: String,
+    leases_key: String,
+    channel: String,
 }
 
 impl Store {
@@ -231,18 +282,30 @@ impl Store {
     pub fn new(settings: &Settings) -> Result<Self, StoreError> {
         let redis = &settings.redis;
         let backend = Backend::new(redis)?;
-        let key_base = format!("{}{{0}}:", redis.key_prefix);
+        let channels = event_channels(redis);
+        let partitions = (0..redis.partition_count())
+            .map(|p| {
+                let key_base = format!("{}{{{p}}}:", redis.key_prefix);
+                Partition {
+                    stream_key: format!("{key_base}events"),
+                    expiry_key: format!("{key_base}expiry"),
+                    held_key: format!("{key_base}held"),
+                    leases_key: format!("{key_base}leases"),
+                    key_base,
+                    channel: channels[p.min(channels.len() - 1)].clone(),
+                }
+            })
+            .collect();
+        let publish = match redis.mode {
+            RedisMode::Cluster => "SPUBLISH",
+            _ => "PUBLISH",
+        };
         Ok(Self {
             inner: std::sync::Arc::new(Inner {
                 shared: Connections::new(redis),
                 backend,
-                scripts: Scripts::new(),
-                stream_key: format!("{key_base}events"),
-                expiry_key: format!("{key_base}expiry"),
-                held_key: format!("{key_base}held"),
-                leases_key: format!("{key_base}leases"),
-                key_base,
-                channel: event_channel(&redis.key_prefix),
+                scripts: Scripts::new(publish),
+                partitions,
                 history: settings.events.history.to_string(),
                 fence_retention_ms: settings.locks.fence_retention_ms.to_string(),
                 command_timeout: Duration::from_millis(redis.command_timeout_ms),
@@ -252,12 +315,28 @@ impl Store {
         })
     }
 
+    /// How many partitions the keyspace has.
+    #[must_use]
+    pub fn partitions(&self) -> usize {
+        self.inner.partitions.len()
+    }
+
+    /// The partition of a resource.
+    #[must_use]
+    pub fn partition_of(&self, resource_id: &str) -> usize {
+        partition_of(resource_id, self.partitions())
+    }
+
+    fn partition(&self, id: &ResourceId) -> &Partition {
+        &self.inner.partitions[self.partition_of(id.as_str())]
+    }
+
     fn lock_key(&self, id: &ResourceId) -> String {
-        format!("{}lock:{id}", self.inner.key_base)
+        format!("{}lock:{id}", self.partition(id).key_base)
     }
 
     fn fence_key(&self, id: &ResourceId) -> String {
-        format!("{}fence:{id}", self.inner.key_base)
+        format!("{}fence:{id}", self.partition(id).key_base)
     }
 
     /// Bounds `work` by the command timeout, so a frozen Redis costs a request no more.
@@ -297,7 +376,7 @@ impl Store {
     /// connection matches replies to requests by order, so a late reply is discarded.
     async fn on_shared<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
     where
-        F: Fn(redis::aio::MultiplexedConnection) -> Fut,
+        F: Fn(SharedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         match self.on_shared_once(&work).await {
@@ -308,7 +387,7 @@ impl Store {
 
     async fn on_shared_once<T, F, Fut>(&self, work: &F) -> Result<T, StoreError>
     where
-        F: Fn(redis::aio::MultiplexedConnection) -> Fut,
+        F: Fn(SharedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let shared = &self.inner.shared;
@@ -409,19 +488,20 @@ impl Store {
         let (idempotency_digest, sealed) = idempotency
             .map(|key| (key.digest(id, agent), key.seal(token, id, agent)))
             .unwrap_or_default();
+        let part = self.partition(id);
         let mut invocation = inner.scripts.acquire.prepare_invoke();
         invocation
             .key(self.lock_key(id))
             .key(self.fence_key(id))
-            .key(&inner.stream_key)
-            .key(&inner.expiry_key)
-            .key(&inner.held_key)
-            .key(&inner.leases_key)
+            .key(&part.stream_key)
+            .key(&part.expiry_key)
+            .key(&part.held_key)
+            .key(&part.leases_key)
             .arg(token.digest())
             .arg(agent.as_str())
             .arg(ttl_ms)
             .arg(id.as_str())
-            .arg(&inner.channel)
+            .arg(&part.channel)
             .arg(&inner.history)
             .arg(&inner.fence_retention_ms)
             .arg(idempotency_digest)
@@ -482,18 +562,19 @@ impl Store {
         agents: &AgentPattern,
     ) -> Result<Owned<Lease>, StoreError> {
         let inner = &self.inner;
+        let part = self.partition(id);
         let mut invocation = inner.scripts.refresh.prepare_invoke();
         invocation
             .key(self.lock_key(id))
             .key(self.fence_key(id))
-            .key(&inner.stream_key)
-            .key(&inner.expiry_key)
-            .key(&inner.held_key)
-            .key(&inner.leases_key)
+            .key(&part.stream_key)
+            .key(&part.expiry_key)
+            .key(&part.held_key)
+            .key(&part.leases_key)
             .arg(token.digest())
             .arg(ttl_ms.map(|ms| ms.to_string()).unwrap_or_default())
             .arg(id.as_str())
-            .arg(&inner.channel)
+            .arg(&part.channel)
             .arg(&inner.history)
             .arg(&inner.fence_retention_ms)
             .arg(agents.to_lua());
@@ -534,16 +615,17 @@ impl Store {
             Releaser::Holder(token, agents) => (token.digest(), agents.to_lua()),
             Releaser::Force => (String::new(), String::new()),
         };
+        let part = self.partition(id);
         let mut invocation = inner.scripts.release.prepare_invoke();
         invocation
             .key(self.lock_key(id))
-            .key(&inner.stream_key)
-            .key(&inner.expiry_key)
-            .key(&inner.held_key)
-            .key(&inner.leases_key)
+            .key(&part.stream_key)
+            .key(&part.expiry_key)
+            .key(&part.held_key)
+            .key(&part.leases_key)
             .arg(token_digest)
             .arg(id.as_str())
-            .arg(&inner.channel)
+            .arg(&part.channel)
             .arg(&inner.history)
             .arg(agents);
         let reply = Reply::new(self.run(invocation).await?)?;
@@ -570,21 +652,54 @@ impl Store {
         }))
     }
 
-    /// Announces up to `batch` leases that have run out, each exactly once across all
-    /// instances. Returns how many it announced and the time until the next lease ends.
-    ///
-    /// # Errors
-    /// [`StoreError`] when Redis is unreachable.
-    pub async fn reap(&self, batch: usize) -> Result<(u64, Option<Duration>), StoreError> {
-        let inner = &self.inner;
-        let mut invocation = inner.scripts.reap.prepare_invoke();
+    /// Announces up to `batch` leases per partition that have run out, each exactly
+    /// once across all instances. Partitions are reaped concurrently; one that cannot be
+    /// reached does not hold the others back.
+    pub async fn reap(&self, batch: usize) -> Reaped {
+        let reaps = self
+            .inner
+            .partitions
+            .iter()
+            .map(|part| self.reap_partition(part, batch));
+        let mut reaped = Reaped {
+            announced: 0,
+            next: None,
+            failure: None,
+        };
+        for outcome in futures_util::future::join_all(reaps).await {
+            match outcome {
+                Ok((count, until)) => {
+                    reaped.announced += count;
+                    // A full batch: more are due now.
+                    let until = if count as usize >= batch {
+                        Some(Duration::ZERO)
+                    } else {
+                        until
+                    };
+                    reaped.next = match (reaped.next, until) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                Err(error) => reaped.failure = Some(error),
+            }
+        }
+        reaped
+    }
+
+    async fn reap_partition(
+        &self,
+        part: &Partition,
+        batch: usize,
+    ) -> Result<(u64, Option<Duration>), StoreError> {
+        let mut invocation = self.inner.scripts.reap.prepare_invoke();
         invocation
-            .key(&inner.expiry_key)
-            .key(&inner.held_key)
-            .key(&inner.leases_key)
-            .key(&inner.stream_key)
-            .arg(&inner.channel)
-            .arg(&inner.history)
+            .key(&part.expiry_key)
+            .key(&part.held_key)
+            .key(&part.leases_key)
+            .key(&part.stream_key)
+            .arg(&part.channel)
+            .arg(&self.inner.history)
             .arg(batch);
         let reply = Reply::new(self.run(invocation).await?)?;
         let next = u64::try_from(reply.int(1)?).ok().map(Duration::from_millis);
@@ -601,7 +716,45 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        let inner = &self.inner;
+        let parts = &self.inner.partitions;
+        if let [part] = &parts[..] {
+            return self.list_partition(part, prefix, after, limit).await;
+        }
+        // Each partition pages through its own index, in the same byte order: merge their
+        // pages. A partition that has more stopped at its cursor and says nothing of what
+        // lies past it, so the merged page ends at the least such cursor.
+        let pages = futures_util::future::try_join_all(
+            parts
+                .iter()
+                .map(|part| self.list_partition(part, prefix, after, limit)),
+        )
+        .await?;
+        let bound = pages
+            .iter()
+            .filter_map(|page| page.next_after.clone())
+            .min();
+        let mut locks: Vec<(String, Held)> = pages
+            .into_iter()
+            .flat_map(|page| page.locks)
+            .filter(|(id, _)| bound.as_ref().is_none_or(|bound| id <= bound))
+            .collect();
+        locks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let next_after = if locks.len() > limit {
+            locks.truncate(limit);
+            locks.last().map(|(id, _)| id.clone())
+        } else {
+            bound
+        };
+        Ok(Page { locks, next_after })
+    }
+
+    async fn list_partition(
+        &self,
+        part: &Partition,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
         // Bytewise comparison, as the sorted set orders: continue after the cursor only
         // when it lies past the start of the prefix's range.
         let min = match after {
@@ -615,10 +768,10 @@ impl Store {
         } else {
             [b"(".as_slice(), prefix.as_bytes(), &[0xff]].concat()
         };
-        let mut invocation = inner.scripts.list.prepare_invoke();
+        let mut invocation = self.inner.scripts.list.prepare_invoke();
         invocation
-            .key(&inner.held_key)
-            .key(&inner.leases_key)
+            .key(&part.held_key)
+            .key(&part.leases_key)
             .arg(min)
             .arg(max)
             .arg(limit);
@@ -645,18 +798,18 @@ impl Store {
         })
     }
 
-    /// Up to `count` events after `after`, oldest first.
+    /// Up to `count` events of `partition` after `after`, oldest first.
     ///
     /// # Errors
     /// [`StoreError`] when Redis is unreachable.
     pub async fn events_after(
         &self,
+        partition: usize,
         after: EventId,
         count: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let inner = &self.inner;
         let command = redis::cmd("XRANGE")
-            .arg(&inner.stream_key)
+            .arg(&self.inner.partitions[partition].stream_key)
             .arg(format!("({after}"))
             .arg("+")
             .arg("COUNT")
@@ -679,13 +832,13 @@ impl Store {
             .collect()
     }
 
-    /// The id of the newest event in the stream, if any.
+    /// The id of the newest event in `partition`'s stream, if any.
     ///
     /// # Errors
     /// [`StoreError`] when Redis is unreachable.
-    pub async fn last_event_id(&self) -> Result<Option<EventId>, StoreError> {
+    pub async fn last_event_id(&self, partition: usize) -> Result<Option<EventId>, StoreError> {
         let command = redis::cmd("XREVRANGE")
-            .arg(&self.inner.stream_key)
+            .arg(&self.inner.partitions[partition].stream_key)
             .arg("+")
             .arg("-")
             .arg("COUNT")
@@ -699,14 +852,14 @@ impl Store {
             .transpose()
     }
 
-    /// The bounds of the event history that the stream still holds.
+    /// The bounds of the event history that `partition`'s stream still holds.
     ///
     /// # Errors
     /// [`StoreError`] when Redis is unreachable.
-    pub async fn event_log_bounds(&self) -> Result<LogBounds, StoreError> {
+    pub async fn event_log_bounds(&self, partition: usize) -> Result<LogBounds, StoreError> {
         let command = redis::cmd("XINFO")
             .arg("STREAM")
-            .arg(&self.inner.stream_key)
+            .arg(&self.inner.partitions[partition].stream_key)
             .to_owned();
         let info: Value = match self.query(command).await {
             Ok(info) => info,
@@ -779,6 +932,44 @@ pub fn event_channel(key_prefix: &str) -> String {
     format!("{key_prefix}events")
 }
 
+/// The seed nodes of a cluster, each with the TLS roots of `redis.tls_ca_file` when one
+/// is set.
+///
+/// # Errors
+/// [`StoreError`] when a URL is invalid or the CA file unreadable.
+pub(crate) fn cluster_nodes(
+    redis: &RedisSettings,
+) -> Result<Vec<redis::ConnectionInfo>, StoreError> {
+    redis
+        .nodes
+        .iter()
+        .map(|url| tls_connection_info(url, &redis.tls_ca_file))
+        .collect()
+}
+
+/// A client for the cluster behind `redis.nodes`. With `push`, it speaks RESP3 and sends
+/// what it is pushed (Pub/Sub messages, disconnections) there.
+///
+/// # Errors
+/// [`StoreError`] when a URL is invalid or the CA file unreadable.
+pub fn cluster_client(
+    redis: &RedisSettings,
+    push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+) -> Result<redis::cluster::ClusterClient, StoreError> {
+    let mut builder = redis::cluster::ClusterClientBuilder::new(cluster_nodes(redis)?)
+        .connection_timeout(Duration::from_millis(redis.connect_timeout_ms))
+        .response_timeout(Duration::from_millis(redis.command_timeout_ms));
+    if !redis.tls_ca_file.is_empty() {
+        builder = builder.certs(tls_certificates(&redis.tls_ca_file)?);
+    }
+    if let Some(push) = push {
+        builder = builder
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push);
+    }
+    Ok(builder.build()?)
+}
+
 /// A client for the current primary, for the Pub/Sub subscription.
 ///
 /// # Errors
@@ -793,18 +984,25 @@ pub async fn primary_client(redis: &RedisSettings) -> Result<redis::Client, Stor
 /// # Errors
 /// [`StoreError`] when the URL is invalid or the CA file unreadable.
 pub fn connection_info(redis: &RedisSettings) -> Result<redis::ConnectionInfo, StoreError> {
+    tls_connection_info(&redis.url, &redis.tls_ca_file)
+}
+
+fn tls_connection_info(url: &str, ca_file: &str) -> Result<redis::ConnectionInfo, StoreError> {
     use redis::IntoConnectionInfo;
-    if redis.tls_ca_file.is_empty() {
-        return Ok(redis.url.as_str().into_connection_info()?);
+    if ca_file.is_empty() || !url.starts_with("rediss://") {
+        return Ok(url.into_connection_info()?);
     }
-    let root_cert = std::fs::read(&redis.tls_ca_file)
-        .map_err(|e| StoreError::Protocol(format!("cannot read {}: {e}", redis.tls_ca_file)))?;
-    let certificates = redis::TlsCertificates {
+    let client = redis::Client::build_with_tls(url, tls_certificates(ca_file)?)?;
+    Ok(client.get_connection_info().clone())
+}
+
+fn tls_certificates(ca_file: &str) -> Result<redis::TlsCertificates, StoreError> {
+    let root_cert = std::fs::read(ca_file)
+        .map_err(|e| StoreError::Protocol(format!("cannot read {ca_file}: {e}")))?;
+    Ok(redis::TlsCertificates {
         client_tls: None,
         root_cert: Some(root_cert),
-    };
-    let client = redis::Client::build_with_tls(redis.url.as_str(), certificates)?;
-    Ok(client.get_connection_info().clone())
+    })
 }
 
 /// A script's array reply, read by position.

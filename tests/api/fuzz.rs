@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use lockd::domain::{AgentId, LockToken, ResourceId};
-use lockd::events::{Event, EventId};
+use lockd::events::{Cursor, EventId, RawEvent};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
@@ -110,10 +110,23 @@ proptest! {
     fn foreign_pubsub_messages_never_panic_the_event_parser(raw in published_text()) {
         // Anyone who can PUBLISH on the channel can send anything: it must be refused or
         // parsed, never crash the subscriber.
-        if let Ok(event) = Event::from_published(&raw) {
-            let frame = std::str::from_utf8(&event.frame).unwrap();
-            prop_assert!(frame.ends_with("\n\n"));
-            prop_assert_eq!(frame.matches('\n').count(), 4, "one data line: {:?}", frame);
+        if let Ok(event) = RawEvent::from_published(&raw) {
+            for cursor in [Cursor::start(1), Cursor::start(4)] {
+                let frame = event.frame(&cursor);
+                let frame = std::str::from_utf8(&frame).unwrap();
+                prop_assert!(frame.ends_with("\n\n"));
+                prop_assert_eq!(frame.matches('\n').count(), 4, "one data line: {:?}", frame);
+            }
+        }
+    }
+
+    #[test]
+    fn cursors_parse_only_as_what_they_print(raw in "[0-9.\\-]{0,40}", partitions in 1usize..5) {
+        // Last-Event-ID is client input: a cursor either parses into one that prints back
+        // the same way, or is refused.
+        if let Ok(cursor) = Cursor::parse(&raw, partitions) {
+            let printed = cursor.to_string();
+            prop_assert_eq!(Cursor::parse(&printed, partitions).unwrap(), cursor);
         }
     }
 }

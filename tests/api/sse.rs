@@ -475,13 +475,15 @@ async fn a_stalled_client_is_cut_off_while_a_healthy_one_receives_everything() {
         let mut pipe = redis::pipe();
         for n in 0..PER_BATCH {
             let seq = batch * PER_BATCH + n;
-            let event = json!({
-                "id": format!("{base_ms}-{seq}"), "type": "resource.locked",
+            let body = json!({
+                "type": "resource.locked",
                 "resource_id": format!("{padding}{seq}"), "agent_id": "load",
                 "fencing_token": seq, "at": "2096-10-02T07:06:40.000Z",
                 "expires_at": "2096-10-02T07:07:10.000Z"
-            });
-            pipe.publish(&channel, event.to_string()).ignore();
+            })
+            .to_string();
+            let event = format!("{{\"id\":\"{base_ms}-{seq}\",{}", &body[1..]);
+            pipe.publish(&channel, event).ignore();
         }
         let () = pipe.query_async(&mut conn).await.unwrap();
         for n in 0..PER_BATCH {

@@ -1,5 +1,6 @@
 -- Helpers shared by every lockd script. The store prepends this file to each script
--- before loading it, so each script stays a single atomic EVALSHA.
+-- before loading it, so each script stays a single atomic EVALSHA. Before it, the store
+-- defines PUBLISH_COMMAND: 'PUBLISH', or 'SPUBLISH' (sharded Pub/Sub) in cluster mode.
 --
 -- Lua numbers are doubles: integers are exact up to 2^53, but Redis turns a number
 -- argument into text with "%.14g", which mangles 16-digit fencing tokens. Every number
@@ -83,7 +84,7 @@ end
 -- its "id", in the same script as the change it describes. Returns the event id.
 local function emit(stream_key, channel, history, body)
   local id = redis.call('XADD', stream_key, 'MAXLEN', '~', history, '*', 'event', body)
-  redis.call('PUBLISH', channel, '{"id":"' .. id .. '",' .. string.sub(body, 2))
+  redis.call(PUBLISH_COMMAND, channel, '{"id":"' .. id .. '",' .. string.sub(body, 2))
   return id
 end
 
