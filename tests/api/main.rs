@@ -5,6 +5,7 @@ mod history;
 
 mod access;
 mod chaos;
+mod deployments;
 mod errors;
 mod events;
 mod faults;

@@ -12,14 +12,14 @@ use serde_json::{Value, json};
 use crate::helpers::{RedisServer, TestApp, assert_problem, eventually, free_port, test_settings};
 
 /// A Sentinel process, killed on drop.
-struct Sentinel {
+pub struct Sentinel {
     port: u16,
     dir: PathBuf,
     child: Child,
 }
 
 impl Sentinel {
-    async fn start(primary_port: u16) -> Self {
+    pub async fn start(primary_port: u16) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("lockd-sentinel-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -54,7 +54,7 @@ impl Sentinel {
         sentinel
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -81,7 +81,7 @@ impl Drop for Sentinel {
 }
 
 /// A primary and a replica that has caught up with it.
-async fn primary_and_replica() -> (RedisServer, RedisServer) {
+pub async fn primary_and_replica() -> (RedisServer, RedisServer) {
     let primary = RedisServer::start().await;
     let port = primary.port().to_string();
     let replica = RedisServer::start_with(&[

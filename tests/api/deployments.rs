@@ -1,0 +1,439 @@
+//! The same lock, event and listing behaviour on every deployment lockd supports: one
+//! Redis (with one partition and with several), a primary watched by Sentinels, and a
+//! three-primary Redis Cluster; plus what only a cluster can do to lockd: lose a node
+//! and get it back. All real `redis-server` processes on loopback ports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::redis;
+use lockd::config::RedisMode;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    EventStream, RedisServer, TestApp, assert_problem, eventually, test_settings,
+};
+use crate::topologies::{Sentinel, primary_and_replica};
+
+/// A Redis Cluster of primaries without replicas, each node killed on drop.
+pub struct RedisCluster {
+    /// The nodes, in the order they were created.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `primaries` cluster-enabled servers and joins them with
+    /// `redis-cli --cluster create`, slots split evenly. Each keeps an append-only file
+    /// synced on every write, so a node killed and restarted comes back with its data.
+    pub async fn start(primaries: usize) -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..primaries {
+            nodes.push(
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ])
+                .await,
+            );
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port()))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs (is it on PATH?)");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = Self { nodes };
+        cluster.until_healthy().await;
+        cluster
+    }
+
+    /// The nodes' URLs, as `redis.nodes` takes them.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Waits until every node reports the cluster healthy, all slots served.
+    pub async fn until_healthy(&self) {
+        eventually(
+            Duration::from_secs(20),
+            "the cluster to be healthy",
+            || async {
+                for node in &self.nodes {
+                    let mut conn = node.connection().await;
+                    let info: String = redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    if !(info.contains("cluster_state:ok")
+                        && info.contains(&format!("cluster_known_nodes:{}", self.nodes.len())))
+                    {
+                        return false;
+                    }
+                }
+                true
+            },
+        )
+        .await;
+    }
+
+    /// How many keys under `prefix` each node holds.
+    pub async fn keys_per_node(&self, prefix: &str) -> Vec<usize> {
+        let mut counts = Vec::new();
+        for node in &self.nodes {
+            let mut conn = node.connection().await;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            counts.push(keys.len());
+        }
+        counts
+    }
+}
+
+/// Settings for an app on `cluster`.
+fn cluster_settings(cluster: &RedisCluster) -> lockd::Settings {
+    let mut settings = test_settings(&cluster.nodes[0]);
+    settings.redis.mode = RedisMode::Cluster;
+    settings.redis.nodes = cluster.urls();
+    settings
+}
+
+/// Waits until `app` is ready: Redis answers and its event subscription is live.
+async fn until_ready(app: &TestApp) {
+    eventually(Duration::from_secs(20), "lockd to be ready", || async {
+        app.client
+            .get(format!("{}/readyz", app.base))
+            .send()
+            .await
+            .is_ok_and(|response| response.status() == 200)
+    })
+    .await;
+}
+
+/// Every held lock, paging with `limit`.
+async fn list_all(app: &TestApp, limit: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let query = match &cursor {
+            Some(cursor) => format!("limit={limit}&cursor={cursor}"),
+            None => format!("limit={limit}"),
+        };
+        let response = app
+            .client
+            .get(format!("{}/locks?{query}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let page: Value = response.json().await.unwrap();
+        let locks = page["locks"].as_array().unwrap();
+        assert!(locks.len() <= limit, "a page holds at most limit locks");
+        seen.extend(
+            locks
+                .iter()
+                .map(|lock| lock["resource_id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return seen,
+        }
+    }
+    panic!("paging did not end");
+}
+
+/// An event as compared across streams: its ids differ between a live stream and a
+/// replay (each is the client's own position), what happened does not.
+fn what(event: &Value) -> (String, String, u64) {
+    (
+        event["type"].as_str().unwrap().to_owned(),
+        event["resource_id"].as_str().unwrap().to_owned(),
+        event["fencing_token"].as_u64().unwrap(),
+    )
+}
+
+/// Reads `count` events, checking that each SSE `id:` is the `id` in its data.
+async fn read_events(stream: &mut EventStream, count: usize) -> Vec<(String, Value)> {
+    let mut events = Vec::new();
+    for _ in 0..count {
+        let event = stream.next().await;
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(data["id"], event.id, "the SSE id is the event's id");
+        assert_eq!(data["type"], event.event);
+        events.push((event.id, data));
+    }
+    events
+}
+
+/// The contract, exercised the same way whatever Redis is behind `app`: locks on many
+/// resources (spread over every partition), one live event stream that sees each
+/// resource's events in order, a resume from the middle that misses nothing and
+/// repeats nothing, listing in id order across pages, expiry and a woken waiter.
+async fn the_contract_holds(app: &TestApp) {
+    until_ready(app).await;
+    let mut live = EventStream::open(app, "prefix=c-", None).await;
+    let resources: Vec<String> = (0..24).map(|n| format!("c-{n:02}")).collect();
+    let mut tokens = BTreeMap::new();
+    for id in &resources {
+        let grant = app.acquire_ok(id, "agent-a", 60_000).await;
+        let status = app.status(id).await;
+        assert_eq!(status["agent_id"], "agent-a");
+        assert_eq!(status["fencing_token"], grant["fencing_token"]);
+        let taken = app
+            .acquire(id, json!({"agent_id": "agent-b", "ttl_ms": 1000}))
+            .await;
+        assert_problem(taken, 409, "lock_held").await;
+        let token = grant["token"].as_str().unwrap().to_owned();
+        let refreshed = app
+            .refresh(id, &token, Some(json!({"ttl_ms": 120_000})))
+            .await;
+        assert_eq!(refreshed.status(), 200);
+        tokens.insert(id.clone(), token);
+    }
+    assert_eq!(list_all(app, 5).await, resources, "listing, 5 per page");
+    assert_eq!(list_all(app, 100).await, resources, "listing, one page");
+    for id in resources.iter().step_by(2) {
+        assert_eq!(app.release(id, &tokens[id]).await.status(), 204);
+    }
+    let kept: Vec<String> = resources.iter().skip(1).step_by(2).cloned().collect();
+    assert_eq!(
+        list_all(app, 7).await,
+        kept,
+        "released locks leave the listing"
+    );
+
+    // 24 locked, 24 refreshed, 12 unlocked; per resource in that order.
+    let seen = read_events(&mut live, 60).await;
+    let mut per_resource: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, data) in &seen {
+        per_resource
+            .entry(data["resource_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(data["type"].as_str().unwrap().to_owned());
+    }
+    for (n, id) in resources.iter().enumerate() {
+        let mut expected = vec!["resource.locked", "resource.refreshed"];
+        if n % 2 == 0 {
+            expected.push("resource.unlocked");
+        }
+        assert_eq!(per_resource[id], expected, "the events of {id}, in order");
+    }
+
+    // A client that got the first 30 events and reconnects gets exactly the other 30,
+    // then what happens next, live.
+    let (resume_from, _) = &seen[29];
+    let mut resumed = EventStream::open(app, "prefix=c-", Some(resume_from)).await;
+    let replayed: BTreeSet<_> = read_events(&mut resumed, 30)
+        .await
+        .iter()
+        .map(|(_, data)| what(data))
+        .collect();
+    let expected: BTreeSet<_> = seen[30..].iter().map(|(_, data)| what(data)).collect();
+    assert_eq!(
+        replayed, expected,
+        "the resume misses nothing and repeats nothing"
+    );
+    let id = &kept[0];
+    assert_eq!(app.release(id, &tokens[id]).await.status(), 204);
+    let (_, next) = &read_events(&mut resumed, 1).await[0];
+    assert_eq!(what(next).1, *id, "then live events");
+    assert_eq!(next["reason"], "released");
+    let (_, also) = &read_events(&mut live, 1).await[0];
+    assert_eq!(what(also), what(next));
+
+    // A lease that runs out is announced once; a waiter gets the lock when it is released.
+    app.acquire_ok("c-expiring", "agent-a", 200).await;
+    let mut expired = None;
+    for (_, data) in read_events(&mut live, 2).await {
+        if data["type"] == "resource.unlocked" {
+            expired = Some(data);
+        }
+    }
+    let expired = expired.expect("the expiry was announced");
+    assert_eq!(expired["resource_id"], "c-expiring");
+    assert_eq!(expired["reason"], "expired");
+    let id = &kept[1];
+    let waiter = app
+        .spawn_waiter(id, json!({"agent_id": "agent-w", "wait_ms": 10_000}))
+        .await;
+    assert_eq!(app.release(id, &tokens[id]).await.status(), 204);
+    assert_eq!(waiter.await.unwrap().status(), 201);
+    assert_eq!(app.status(id).await["agent_id"], "agent-w");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_holds_on_one_redis() {
+    let redis = RedisServer::start().await;
+    let app = TestApp::spawn(&redis).await;
+    the_contract_holds(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_holds_on_one_redis_with_partitions() {
+    let redis = RedisServer::start().await;
+    let mut settings = test_settings(&redis);
+    settings.redis.partitions = 5;
+    let app = TestApp::spawn_with(settings).await;
+    the_contract_holds(&app).await;
+    // The resources spread over every partition's keys.
+    let keys = crate::helpers::dump_keys(&redis, &app.settings.redis.key_prefix).await;
+    for partition in 0..5 {
+        assert!(
+            keys.contains(&format!("{{{partition}}}:held")),
+            "partition {partition} holds locks:\n{keys}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_holds_behind_sentinels() {
+    let (primary, _replica) = primary_and_replica().await;
+    let mut sentinels = Vec::new();
+    for _ in 0..3 {
+        sentinels.push(Sentinel::start(primary.port()).await);
+    }
+    let mut settings = test_settings(&primary);
+    settings.redis.mode = RedisMode::Sentinel;
+    settings.redis.sentinels = sentinels.iter().map(Sentinel::url).collect();
+    settings.redis.master_name = "lockd-primary".into();
+    let app = TestApp::spawn_with(settings).await;
+    the_contract_holds(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_holds_on_a_cluster_with_locks_on_every_node() {
+    let cluster = RedisCluster::start(3).await;
+    let app = TestApp::spawn_with(cluster_settings(&cluster)).await;
+    the_contract_holds(&app).await;
+    let keys = cluster.keys_per_node(&app.settings.redis.key_prefix).await;
+    assert!(
+        keys.iter().all(|&count| count > 0),
+        "every primary holds some of the locks and events: {keys:?}"
+    );
+}
+
+/// Which node of `cluster` holds `key` (the others answer it with a redirection).
+async fn owner_of(cluster: &RedisCluster, key: &str) -> usize {
+    for (index, node) in cluster.nodes.iter().enumerate() {
+        let mut conn = node.connection().await;
+        let exists: redis::RedisResult<u64> =
+            redis::cmd("EXISTS").arg(key).query_async(&mut conn).await;
+        if exists == Ok(1) {
+            return index;
+        }
+    }
+    panic!("no node holds {key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_restart_is_survived() {
+    let mut cluster = RedisCluster::start(3).await;
+    let app = TestApp::spawn_with(cluster_settings(&cluster)).await;
+    until_ready(&app).await;
+    let mut live = EventStream::open(&app, "prefix=n-", None).await;
+    let resources: Vec<String> = (0..12).map(|n| format!("n-{n:02}")).collect();
+    let mut grants = BTreeMap::new();
+    for id in &resources {
+        grants.insert(id.clone(), app.acquire_ok(id, "agent-a", 120_000).await);
+    }
+    assert_eq!(read_events(&mut live, 12).await.len(), 12);
+    let prefix = &app.settings.redis.key_prefix;
+    let mut on_victim = Vec::new();
+    let mut elsewhere = Vec::new();
+    for id in &resources {
+        let partition = lockd::store::partition_of(id, app.settings.redis.partition_count());
+        let key = format!("{prefix}{{{partition}}}:lock:{id}");
+        if owner_of(&cluster, &key).await == 1 {
+            on_victim.push(id.clone());
+        } else {
+            elsewhere.push(id.clone());
+        }
+    }
+    assert!(
+        !on_victim.is_empty() && !elsewhere.is_empty(),
+        "the locks spread over the nodes"
+    );
+
+    cluster.nodes[1].kill();
+    let killed = Instant::now();
+    // While the node is down its locks cannot be served: 503, never a wrong answer.
+    let response = app
+        .acquire(&on_victim[0], json!({"agent_id": "agent-b"}))
+        .await;
+    assert_problem(response, 503, "store_unavailable").await;
+    cluster.nodes[1].restart().await;
+    cluster.until_healthy().await;
+
+    // Its locks came back with it (the node's append-only file), and lockd serves them
+    // again without a restart of its own.
+    let victim = &on_victim[0];
+    eventually(
+        Duration::from_secs(20),
+        "lockd to serve the node's locks",
+        || async {
+            let response = app.client.get(app.lock_url(victim)).send().await.unwrap();
+            response.status() == 200
+                && response.json::<Value>().await.unwrap()["agent_id"] == "agent-a"
+        },
+    )
+    .await;
+    eprintln!(
+        "cluster node restart: lockd served its locks again {:?} after the kill",
+        killed.elapsed()
+    );
+    let taken = app
+        .acquire(victim, json!({"agent_id": "agent-b", "ttl_ms": 1000}))
+        .await;
+    assert_problem(taken, 409, "lock_held").await;
+
+    // The event subscription came back too: releases on every node reach the same
+    // client, after what it had, once each.
+    until_ready(&app).await;
+    for id in [victim, &elsewhere[0]] {
+        let token = grants[id]["token"].as_str().unwrap();
+        assert_eq!(app.release(id, token).await.status(), 204);
+    }
+    let after: BTreeSet<_> = read_events(&mut live, 2)
+        .await
+        .iter()
+        .map(|(_, data)| what(data))
+        .collect();
+    let expected: BTreeSet<_> = [victim, &elsewhere[0]]
+        .into_iter()
+        .map(|id| {
+            let fence = grants[id]["fencing_token"].as_u64().unwrap();
+            ("resource.unlocked".to_owned(), id.clone(), fence)
+        })
+        .collect();
+    assert_eq!(after, expected);
+    let regrant = app.acquire_ok(victim, "agent-b", 60_000).await;
+    assert!(
+        regrant["fencing_token"].as_u64() > grants[victim]["fencing_token"].as_u64(),
+        "fences keep increasing on the restarted node"
+    );
+    let (_, locked) = &read_events(&mut live, 1).await[0];
+    assert_eq!(what(locked).1, *victim);
+}
