@@ -27,8 +27,14 @@ impl RedisCluster {
     /// `redis-cli --cluster create`, slots split evenly. Each keeps an append-only file
     /// synced on every write, so a node killed and restarted comes back with its data.
     pub async fn start(primaries: usize) -> Self {
+        Self::start_with_replicas(primaries, 0).await
+    }
+
+    /// As [`start`](Self::start), with `replicas` replicas of each primary; the first
+    /// `primaries` nodes are the primaries.
+    pub async fn start_with_replicas(primaries: usize, replicas: usize) -> Self {
         let mut nodes = Vec::new();
-        for _ in 0..primaries {
+        for _ in 0..primaries * (1 + replicas) {
             nodes.push(
                 RedisServer::start_with(&[
                     "--cluster-enabled",
@@ -37,6 +43,9 @@ impl RedisCluster {
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "1000",
+                    // A replica may take over however long it has been cut off.
+                    "--cluster-replica-validity-factor",
+                    "0",
                     "--save",
                     "",
                     "--appendonly",
@@ -54,7 +63,7 @@ impl RedisCluster {
         let output = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli runs (is it on PATH?)");
         assert!(
@@ -72,7 +81,8 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
-    /// Waits until every node reports the cluster healthy, all slots served.
+    /// Waits until every node reports the cluster healthy, all slots served, and every
+    /// replica has caught up with its primary.
     pub async fn until_healthy(&self) {
         eventually(
             Duration::from_secs(20),
@@ -87,6 +97,16 @@ impl RedisCluster {
                         .unwrap_or_default();
                     if !(info.contains("cluster_state:ok")
                         && info.contains(&format!("cluster_known_nodes:{}", self.nodes.len())))
+                    {
+                        return false;
+                    }
+                    let replication: String = redis::cmd("INFO")
+                        .arg("replication")
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    if replication.contains("role:slave")
+                        && !replication.contains("master_link_status:up")
                     {
                         return false;
                     }
@@ -436,4 +456,136 @@ async fn a_cluster_node_restart_is_survived() {
     );
     let (_, locked) = &read_events(&mut live, 1).await[0];
     assert_eq!(what(locked).1, *victim);
+}
+
+/// One worker of the failover load: acquires and releases `resource` in a loop, retrying
+/// each step through 503s (an acquire with one Idempotency-Key, so that a grant whose
+/// answer was lost is handed back rather than refused), and records every fence granted.
+async fn acquire_release_loop(
+    app: &TestApp,
+    resource: &str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<(Instant, u64)> {
+    let mut fences = Vec::new();
+    for round in 0.. {
+        if *stop.borrow() {
+            break;
+        }
+        let key = format!("{resource}-{round}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let grant: Value = loop {
+            let response = app
+                .client
+                .post(app.lock_url(resource))
+                .header("Idempotency-Key", &key)
+                .json(&json!({"agent_id": "worker", "ttl_ms": 5_000}))
+                .send()
+                .await
+                .unwrap();
+            match response.status().as_u16() {
+                200 | 201 => break response.json().await.unwrap(),
+                503 => {}
+                other => panic!("acquire of {resource} answered {other}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{resource}: no grant within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        fences.push((Instant::now(), grant["fencing_token"].as_u64().unwrap()));
+        let token = grant["token"].as_str().unwrap();
+        loop {
+            match app.release(resource, token).await.status().as_u16() {
+                // 404: a grant the failover lost, or a release that went through
+                // although its answer did not.
+                204 | 404 => break,
+                503 => {}
+                other => panic!("release of {resource} answered {other}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{resource}: no release within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    fences
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_primary_failover_under_load_keeps_fences_increasing() {
+    let mut cluster = RedisCluster::start_with_replicas(3, 1).await;
+    let app = TestApp::spawn_with(cluster_settings(&cluster)).await;
+    until_ready(&app).await;
+    let resources: Vec<String> = (0..6).map(|n| format!("f-{n}")).collect();
+    let prefix = app.settings.redis.key_prefix.clone();
+    let partitions = app.settings.redis.partition_count();
+    let probe = app.acquire_ok(&resources[0], "probe", 60_000).await;
+    let partition = lockd::store::partition_of(&resources[0], partitions);
+    let victim = owner_of(&cluster, &format!("{prefix}{{{partition}}}:lock:f-0")).await;
+    app.release(&resources[0], probe["token"].as_str().unwrap())
+        .await;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers: Vec<_> = resources
+        .iter()
+        .map(|resource| {
+            let (app, resource, stopped) = (&app, resource.clone(), stopped.clone());
+            async move { acquire_release_loop(app, &resource, &stopped).await }
+        })
+        .collect();
+    let run = futures_util::future::join_all(workers);
+    let kill_and_stop = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.nodes[victim].kill();
+        let killed = Instant::now();
+        // Long enough for the replica to be promoted and every worker to be granted again.
+        eventually(
+            Duration::from_secs(30),
+            "a grant after the failover",
+            || async {
+                app.client
+                    .get(app.lock_url(&resources[0]))
+                    .send()
+                    .await
+                    .is_ok_and(|response| response.status() == 200)
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.send(true).unwrap();
+        killed
+    };
+    let (histories, killed) = tokio::join!(run, kill_and_stop);
+
+    let mut downtime = Duration::ZERO;
+    for (resource, history) in resources.iter().zip(&histories) {
+        assert!(
+            history.windows(2).all(|pair| pair[0].1 < pair[1].1),
+            "{resource}: fences increase across the failover: {history:?}"
+        );
+        let before = history.iter().filter(|(at, _)| *at < killed).count();
+        assert!(
+            before > 0 && history.len() > before,
+            "{resource}: granted before and after"
+        );
+        if let Some((at, _)) = history.get(before) {
+            downtime = downtime.max(at.duration_since(killed));
+        }
+    }
+    // The event subscription moved to the promoted replica too.
+    until_ready(&app).await;
+    let mut events = EventStream::open(&app, "resource_id=f-0", None).await;
+    let grant = app.acquire_ok("f-0", "agent-after", 60_000).await;
+    let (_, locked) = &read_events(&mut events, 1).await[0];
+    assert_eq!(locked["agent_id"], "agent-after");
+    assert_eq!(locked["fencing_token"], grant["fencing_token"]);
+
+    let grants: usize = histories.iter().map(Vec::len).sum();
+    eprintln!(
+        "cluster failover: {grants} grants over {} resources; every resource granted again \
+         within {downtime:?} of the primary's death",
+        resources.len()
+    );
 }
