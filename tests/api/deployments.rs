@@ -33,26 +33,38 @@ impl RedisCluster {
     /// As [`start`](Self::start), with `replicas` replicas of each primary; the first
     /// `primaries` nodes are the primaries.
     pub async fn start_with_replicas(primaries: usize, replicas: usize) -> Self {
+        Self::start_with(primaries, replicas, &[]).await
+    }
+
+    /// As [`start_with_replicas`](Self::start_with_replicas), each node with `extra`
+    /// `redis-server` arguments.
+    pub async fn start_with(primaries: usize, replicas: usize, extra: &[&str]) -> Self {
         let mut nodes = Vec::new();
         for _ in 0..primaries * (1 + replicas) {
             nodes.push(
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "1000",
-                    // A replica may take over however long it has been cut off.
-                    "--cluster-replica-validity-factor",
-                    "0",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                ])
+                RedisServer::start_with(
+                    &[
+                        extra,
+                        &[
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            "nodes.conf",
+                            "--cluster-node-timeout",
+                            "1000",
+                            // A replica may take over however long it has been cut off.
+                            "--cluster-replica-validity-factor",
+                            "0",
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "yes",
+                            "--appendfsync",
+                            "always",
+                        ],
+                    ]
+                    .concat(),
+                )
                 .await,
             );
         }
@@ -588,4 +600,19 @@ async fn a_cluster_primary_failover_under_load_keeps_fences_increasing() {
          within {downtime:?} of the primary's death",
         resources.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_redis_acl_is_all_lockd_needs_on_a_cluster() {
+    let acl = concat!(env!("CARGO_MANIFEST_DIR"), "/config/redis-users.acl");
+    let cluster = RedisCluster::start_with(3, 0, &["--aclfile", acl]).await;
+    let mut settings = cluster_settings(&cluster);
+    settings.redis.nodes = cluster
+        .nodes
+        .iter()
+        .map(|node| format!("redis://lockd:change-me@127.0.0.1:{}", node.port()))
+        .collect();
+    settings.redis.key_prefix = "lockd:".into();
+    let app = TestApp::spawn_with(settings).await;
+    the_contract_holds(&app).await;
 }
