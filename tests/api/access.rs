@@ -612,7 +612,7 @@ async fn the_documented_redis_acl_is_all_lockd_needs() {
 }
 
 /// A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI.
-fn make_certificates(dir: &std::path::Path) {
+pub fn make_certificates(dir: &std::path::Path) {
     let run = |args: &[&str]| {
         let status = std::process::Command::new("openssl")
             .args(args)

@@ -33,18 +33,24 @@ impl RedisCluster {
     /// As [`start`](Self::start), with `replicas` replicas of each primary; the first
     /// `primaries` nodes are the primaries.
     pub async fn start_with_replicas(primaries: usize, replicas: usize) -> Self {
-        Self::start_with(primaries, replicas, &[]).await
+        Self::start_with(primaries, replicas, |_| Vec::new()).await
     }
 
-    /// As [`start_with_replicas`](Self::start_with_replicas), each node with `extra`
-    /// `redis-server` arguments.
-    pub async fn start_with(primaries: usize, replicas: usize, extra: &[&str]) -> Self {
+    /// As [`start_with_replicas`](Self::start_with_replicas), node `n` with the extra
+    /// `redis-server` arguments `extra(n)`.
+    pub async fn start_with(
+        primaries: usize,
+        replicas: usize,
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> Self {
         let mut nodes = Vec::new();
-        for _ in 0..primaries * (1 + replicas) {
+        for index in 0..primaries * (1 + replicas) {
+            let extra = extra(index);
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             nodes.push(
                 RedisServer::start_with(
                     &[
-                        extra,
+                        &extra[..],
                         &[
                             "--cluster-enabled",
                             "yes",
@@ -605,7 +611,7 @@ async fn a_cluster_primary_failover_under_load_keeps_fences_increasing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_redis_acl_is_all_lockd_needs_on_a_cluster() {
     let acl = concat!(env!("CARGO_MANIFEST_DIR"), "/config/redis-users.acl");
-    let cluster = RedisCluster::start_with(3, 0, &["--aclfile", acl]).await;
+    let cluster = RedisCluster::start_with(3, 0, |_| vec!["--aclfile".into(), acl.into()]).await;
     let mut settings = cluster_settings(&cluster);
     settings.redis.nodes = cluster
         .nodes
@@ -615,4 +621,74 @@ async fn the_documented_redis_acl_is_all_lockd_needs_on_a_cluster() {
     settings.redis.key_prefix = "lockd:".into();
     let app = TestApp::spawn_with(settings).await;
     the_contract_holds(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_grants_wait_for_a_replica_of_every_primary() {
+    let mut cluster = RedisCluster::start_with_replicas(3, 1).await;
+    let mut settings = cluster_settings(&cluster);
+    settings.redis.min_replicas_ack = 1;
+    settings.redis.replica_ack_timeout_ms = 200;
+    let app = TestApp::spawn_with(settings).await;
+    until_ready(&app).await;
+    for n in 0..6 {
+        app.acquire_ok(&format!("w-{n}"), "agent-a", 60_000).await;
+    }
+    // The last three nodes are the replicas; with one gone, its primary cannot have a
+    // grant acknowledged, and WAIT counts the least any primary's replicas acknowledged.
+    cluster.nodes[5].kill();
+    let response = app.acquire("w-late", json!({"agent_id": "agent-a"})).await;
+    assert_problem(response, 503, "replica_ack_timeout").await;
+    assert_eq!(
+        app.status("w-late").await["locked"],
+        false,
+        "the unacknowledged grant was withdrawn"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockd_reaches_a_cluster_over_tls() {
+    let dir = std::env::temp_dir().join(format!("lockd-tls-cluster-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    crate::access::make_certificates(&dir);
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let tls_ports: Vec<u16> = (0..3).map(|_| crate::helpers::free_port()).collect();
+    // Each node also keeps a plain port, for redis-cli and the harness; lockd uses TLS
+    // only, and the nodes announce their TLS ports to TLS clients.
+    let cluster = RedisCluster::start_with(3, 0, |index| {
+        [
+            "--tls-port",
+            &tls_ports[index].to_string(),
+            "--tls-cert-file",
+            &path("server.crt"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+            "--tls-cluster",
+            "yes",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    })
+    .await;
+    let mut settings = cluster_settings(&cluster);
+    settings.redis.nodes = vec![format!("rediss://127.0.0.1:{}", tls_ports[0])];
+    settings.redis.tls_ca_file = path("ca.crt");
+    let app = TestApp::spawn_with(settings.clone()).await;
+    the_contract_holds(&app).await;
+
+    // Without the private CA, no node's certificate is trusted and nothing is served.
+    settings.redis.tls_ca_file = String::new();
+    let untrusting = TestApp::spawn_with(settings).await;
+    let ready = untrusting
+        .client
+        .get(format!("{}/readyz", untrusting.base))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(ready, 503, "store_unavailable").await;
+    std::fs::remove_dir_all(&dir).unwrap();
 }
