@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 /// The defaults, the same text as `config/default.toml` in the repository.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
-/// Most event partitions `redis.partitions` may ask for.
-pub const MAX_PARTITIONS: u16 = 1024;
+/// Most event partitions `redis.partitions` may ask for. An event id names a position
+/// in each (up to 40 bytes), and clients send it back in a header: 128 keep it within
+/// the 8 KiB that proxies commonly allow a header line.
+pub const MAX_PARTITIONS: u16 = 128;
 /// Event partitions in cluster mode when `redis.partitions` is 0: enough for the keys
 /// and events to spread over a few dozen primaries.
 pub const CLUSTER_PARTITIONS: u16 = 16;

@@ -363,8 +363,17 @@ fn configuration_layers_file_then_environment_then_flags() {
 
 #[test]
 fn a_bad_setting_stops_startup_with_a_message_naming_the_key() {
-    let cases: [(&[(&str, &str)], &str); 5] = [
+    let cases: [(&[(&str, &str)], &str); 8] = [
         (&[("LOCKD_LOCKS__MAX_TTL_MS", "soon")], "locks.max_ttl_ms"),
+        (&[("LOCKD_REDIS__MODE", "cluster")], "redis.nodes"),
+        (
+            &[
+                ("LOCKD_REDIS__MODE", "cluster"),
+                ("LOCKD_REDIS__NODES", r#"["http://10.0.0.1:6379"]"#),
+            ],
+            "redis.nodes",
+        ),
+        (&[("LOCKD_REDIS__PARTITIONS", "129")], "redis.partitions"),
         (
             &[("LOCKD_LOCKS__DEFAULT_TTL_MS", "0")],
             "locks.default_ttl_ms",
