@@ -20,8 +20,12 @@ use super::{Cursor, Hub, RawEvent, Waiters};
 use crate::config::RedisMode;
 use crate::store::{Store, StoreError};
 
+/// First pause before reconnecting.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A subscription that lasted this long was a working one: reconnect without delay.
+const STABLE: Duration = Duration::from_secs(10);
 /// How often the subscription's connection must answer a PING to count as alive.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Events read from the stream per page when filling a gap.
@@ -144,8 +148,9 @@ pub async fn run_subscriber(
         store,
         last: None,
     };
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = MIN_BACKOFF;
     loop {
+        let started = tokio::time::Instant::now();
         // Boxed: the two forms' states are large, and only one runs at a time.
         let session: std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> =
             if config.redis.mode == RedisMode::Cluster {
@@ -160,7 +165,11 @@ pub async fn run_subscriber(
         match outcome {
             Ok(()) => {
                 tracing::warn!("event subscription lost; reconnecting");
-                backoff = Duration::from_millis(50);
+                // A subscription that lasted starts over quickly; one that keeps dropping
+                // at once (a flapping node) backs off like one that cannot connect.
+                if started.elapsed() >= STABLE {
+                    backoff = MIN_BACKOFF;
+                }
             }
             Err(error) => {
                 tracing::warn!(

@@ -25,9 +25,13 @@
 //! Commands that block the connection they run on (`WAIT`) must not share one: they go
 //! through the pool, which lends each request a connection of its own.
 //!
-//! In cluster mode each shared connection is a cluster connection: one multiplexed
-//! connection per primary, with requests routed by the slot of their first key and
-//! redirections (`MOVED`, `ASK`) followed as the cluster's slots move.
+//! In cluster mode each partition has a shared connection of its own, a cluster
+//! connection: one multiplexed connection per primary, with requests routed by the slot
+//! of their first key and redirections (`MOVED`, `ASK`) followed as the cluster's slots
+//! move. A cluster connection repairs a node's connection by itself, and takes no
+//! requests while it does: with one per partition, a node in trouble stalls only the
+//! partitions it serves. They are neither checked nor set aside here: either would have
+//! to reach every node, so one frozen node would stop all partitions.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -77,7 +81,8 @@ impl ConnectionLike for SharedConnection {
     }
 }
 
-/// The shared connections: `redis.pool_size` of them, or one cluster connection.
+/// The shared connections: `redis.pool_size` of them, or in cluster mode one cluster
+/// connection per partition.
 pub(super) struct Connections {
     redis: RedisSettings,
     config: AsyncConnectionConfig,
@@ -136,11 +141,8 @@ impl Connections {
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(Duration::from_millis(redis.connect_timeout_ms)))
                 .set_response_timeout(Some(Duration::from_millis(redis.command_timeout_ms))),
-            // A cluster connection already holds a multiplexed connection per node, and
-            // repairs them itself: one serves all, and a repair after a node restart is
-            // then made once, not once per slot.
             slots: (0..if redis.mode == RedisMode::Cluster {
-                1
+                redis.partition_count()
             } else {
                 redis.pool_size.max(1)
             })
@@ -157,8 +159,13 @@ impl Connections {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Whether `shared` must answer a `PING` before it serves.
+    /// Whether `shared` must answer a `PING` before it serves. Never a cluster
+    /// connection: it repairs its node connections itself, and a `PING` (sent to every
+    /// primary) would fail for all partitions when one node is frozen.
     fn needs_check(&self, shared: &Shared, now: u64) -> bool {
+        if self.redis.mode == RedisMode::Cluster {
+            return false;
+        }
         let served = shared.last_served.load(Ordering::Relaxed);
         now.saturating_sub(served) >= IDLE_CHECK_MS
             || served <= self.broken_at.load(Ordering::Relaxed)
@@ -166,8 +173,15 @@ impl Connections {
 
     /// The next connection in turn, opened first if its slot has none, checked first
     /// if it may have died unseen. The caller bounds the wait (the command timeout).
-    pub(super) async fn get(&self) -> Result<Lent, StoreError> {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+    ///
+    /// In cluster mode each partition has a cluster connection of its own, so that the
+    /// repairs a node's trouble sets off (during which a cluster connection takes no
+    /// requests) stall only the partitions on that node.
+    pub(super) async fn get(&self, partition: Option<usize>) -> Result<Lent, StoreError> {
+        let index = match partition {
+            Some(partition) if self.redis.mode == RedisMode::Cluster => partition,
+            _ => self.next.fetch_add(1, Ordering::Relaxed),
+        } % self.slots.len();
         let slot = &self.slots[index];
         let now = self.now_ms();
         let shared = match slot.live() {
@@ -232,7 +246,14 @@ impl Connections {
 
     /// Sets `lent`'s connection aside after it failed; its slot opens a new one next,
     /// and the other connections are checked before they serve again.
+    ///
+    /// A cluster connection is never set aside: its failure is one node's, which it
+    /// repairs by itself, and a new one would have to reach every node, the failed one
+    /// included, before it served any partition.
     pub(super) fn set_aside(&self, lent: &Lent, all: bool) {
+        if self.redis.mode == RedisMode::Cluster {
+            return;
+        }
         let mut live = self.slots[lent.slot]
             .live
             .lock()

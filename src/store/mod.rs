@@ -28,11 +28,13 @@ use std::time::Duration;
 
 mod backend;
 mod connections;
+mod script;
 
-use deadpool_redis::redis::{self, Script, Value};
+use deadpool_redis::redis::{self, Value};
 
 use backend::{Backend, Conn};
 use connections::{Connections, SharedConnection};
+use script::{Invocation, LuaScript};
 
 use crate::config::{RedisMode, RedisSettings, Settings};
 use crate::domain::{AgentId, AgentPattern, IdempotencyKey, LockToken, ResourceId};
@@ -211,25 +213,30 @@ pub fn event_channels(redis: &RedisSettings) -> Vec<String> {
 
 /// The scripts, each compiled with the shared prelude; their SHA is computed once.
 struct Scripts {
-    acquire: Script,
-    refresh: Script,
-    release: Script,
-    status: Script,
-    reap: Script,
-    list: Script,
+    acquire: LuaScript,
+    refresh: LuaScript,
+    release: LuaScript,
+    status: LuaScript,
+    reap: LuaScript,
+    list: LuaScript,
 }
 
 impl Scripts {
     /// `publish` is the command that publishes events: `PUBLISH`, or `SPUBLISH` (sharded
-    /// Pub/Sub) in cluster mode.
-    fn new(publish: &str) -> Self {
+    /// Pub/Sub) in cluster mode; `reply_ttl` how long a change's reply is kept for a
+    /// resent call (cluster mode).
+    fn new(publish: &str, reply_ttl: Duration) -> Self {
         const PRELUDE: &str = include_str!("scripts/prelude.lua");
-        let prelude = format!("local PUBLISH_COMMAND = '{publish}'\n{PRELUDE}");
+        let prelude = format!(
+            "local PUBLISH_COMMAND = '{publish}'\nlocal REPLY_TTL_MS = '{}'\n{PRELUDE}",
+            reply_ttl.as_millis()
+        );
         // The shebang declares each script's flags (Redis 7). A script that writes is then
         // refused as a whole when Redis is out of memory, as any write command is; without
         // it, Redis lets a script run on once its first write (a DEL) was allowed.
-        let writes = |body: &str| Script::new(&format!("#!lua\n{prelude}\n{body}"));
-        let reads = |body: &str| Script::new(&format!("#!lua flags=no-writes\n{prelude}\n{body}"));
+        let writes = |body: &str| LuaScript::new(format!("#!lua\n{prelude}\n{body}"));
+        let reads =
+            |body: &str| LuaScript::new(format!("#!lua flags=no-writes\n{prelude}\n{body}"));
         Self {
             acquire: writes(include_str!("scripts/acquire.lua")),
             refresh: writes(include_str!("scripts/refresh.lua")),
@@ -255,6 +262,9 @@ struct Inner {
     scripts: Scripts,
     /// The keys of each partition.
     partitions: Box<[Partition]>,
+    /// Whether changes keep their reply for a resent call (cluster mode: see
+    /// `remember` in the scripts' prelude).
+    keep_replies: bool,
     history: String,
     fence_retention_ms: String,
     command_timeout: Duration,
@@ -265,6 +275,8 @@ struct Inner {
 
 /// The keys (and channel) of one partition.
 struct Partition {
+    /// Its number, `p`.
+    index: usize,
     /// `{prefix}{p}:` — every key of the partition starts with it.
     key_base: String,
     stream_key: String,
@@ -287,6 +299,7 @@ impl Store {
             .map(|p| {
                 let key_base = format!("{}{{{p}}}:", redis.key_prefix);
                 Partition {
+                    index: p,
                     stream_key: format!("{key_base}events"),
                     expiry_key: format!("{key_base}expiry"),
                     held_key: format!("{key_base}held"),
@@ -296,16 +309,15 @@ impl Store {
                 }
             })
             .collect();
-        let publish = match redis.mode {
-            RedisMode::Cluster => "SPUBLISH",
-            _ => "PUBLISH",
-        };
+        let cluster = redis.mode == RedisMode::Cluster;
+        let publish = if cluster { "SPUBLISH" } else { "PUBLISH" };
         Ok(Self {
             inner: std::sync::Arc::new(Inner {
                 shared: Connections::new(redis),
                 backend,
-                scripts: Scripts::new(publish),
+                scripts: Scripts::new(publish, reply_ttl(redis)),
                 partitions,
+                keep_replies: cluster,
                 history: settings.events.history.to_string(),
                 fence_retention_ms: settings.locks.fence_retention_ms.to_string(),
                 command_timeout: Duration::from_millis(redis.command_timeout_ms),
@@ -337,6 +349,15 @@ impl Store {
 
     fn fence_key(&self, id: &ResourceId) -> String {
         format!("{}fence:{id}", self.partition(id).key_base)
+    }
+
+    /// Adds the key that keeps a change's reply, in cluster mode (see `remember` in the
+    /// scripts' prelude): fresh for every call.
+    fn keep_reply(&self, part: &Partition, invocation: &mut Invocation<'_>) {
+        if self.inner.keep_replies {
+            let call = uuid::Uuid::new_v4().simple();
+            invocation.key(format!("{}reply:{call}", part.key_base));
+        }
     }
 
     /// Bounds `work` by the command timeout, so a frozen Redis costs a request no more.
@@ -374,18 +395,24 @@ impl Store {
     /// on next use. Work that never reached Redis (see [`never_sent`]) is sent once more,
     /// on a fresh connection. Dropping the future midway is safe: the multiplexed
     /// connection matches replies to requests by order, so a late reply is discarded.
-    async fn on_shared<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
+    async fn on_shared<T, F, Fut>(&self, partition: Option<usize>, work: F) -> Result<T, StoreError>
     where
         F: Fn(SharedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        match self.on_shared_once(&work).await {
-            Err(StoreError::Redis(error)) if never_sent(&error) => self.on_shared_once(&work).await,
+        match self.on_shared_once(partition, &work).await {
+            Err(StoreError::Redis(error)) if never_sent(&error) => {
+                self.on_shared_once(partition, &work).await
+            }
             outcome => outcome,
         }
     }
 
-    async fn on_shared_once<T, F, Fut>(&self, work: &F) -> Result<T, StoreError>
+    async fn on_shared_once<T, F, Fut>(
+        &self,
+        partition: Option<usize>,
+        work: &F,
+    ) -> Result<T, StoreError>
     where
         F: Fn(SharedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -393,7 +420,7 @@ impl Store {
         let shared = &self.inner.shared;
         let limit = self.inner.command_timeout;
         let deadline = tokio::time::Instant::now() + limit;
-        let lent = tokio::time::timeout_at(deadline, shared.get())
+        let lent = tokio::time::timeout_at(deadline, shared.get(partition))
             .await
             .map_err(|_| StoreError::Timeout(limit))??;
         match tokio::time::timeout_at(deadline, work(lent.connection.clone())).await {
@@ -416,12 +443,14 @@ impl Store {
         }
     }
 
-    /// Runs a script (EVALSHA, loading it on NOSCRIPT) on a shared connection within
+    /// Runs a script (EVALSHA, or EVAL where the server lacks it) on a shared connection within
     /// the command timeout.
-    async fn run(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+    async fn run(&self, partition: usize, invocation: Invocation<'_>) -> Result<Value, StoreError> {
         let invocation = &invocation;
-        self.on_shared(|mut conn| async move { invocation.invoke_async::<Value>(&mut conn).await })
-            .await
+        self.on_shared(Some(partition), |mut conn| async move {
+            invocation.invoke(&mut conn).await
+        })
+        .await
     }
 
     /// Runs an acquire or refresh script and, when it made its change (reply `{1, ...}`)
@@ -431,15 +460,16 @@ impl Store {
     /// these changes take a pooled connection of their own rather than a shared one.
     async fn run_replicated(
         &self,
-        invocation: redis::ScriptInvocation<'_>,
+        partition: usize,
+        invocation: Invocation<'_>,
     ) -> Result<(Value, Option<u32>), StoreError> {
         let inner = &self.inner;
         if inner.min_replicas_ack == 0 {
-            return Ok((self.run(invocation).await?, None));
+            return Ok((self.run(partition, invocation).await?, None));
         }
         self.timed(async {
             let mut conn = self.connection().await?;
-            let reply = match invocation.invoke_async::<Value>(&mut conn).await {
+            let reply = match invocation.invoke(&mut conn).await {
                 Ok(reply) => reply,
                 Err(error) => return Self::settle(conn, Err(error)),
             };
@@ -466,10 +496,16 @@ impl Store {
     }
 
     /// Runs a plain command on a shared connection within the command timeout.
-    async fn query<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Result<T, StoreError> {
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        partition: Option<usize>,
+        command: redis::Cmd,
+    ) -> Result<T, StoreError> {
         let command = &command;
-        self.on_shared(|mut conn| async move { command.query_async::<T>(&mut conn).await })
-            .await
+        self.on_shared(partition, |mut conn| async move {
+            command.query_async::<T>(&mut conn).await
+        })
+        .await
     }
 
     /// Grants the lock to `token`'s holder unless someone holds it.
@@ -489,7 +525,7 @@ impl Store {
             .map(|key| (key.digest(id, agent), key.seal(token, id, agent)))
             .unwrap_or_default();
         let part = self.partition(id);
-        let mut invocation = inner.scripts.acquire.prepare_invoke();
+        let mut invocation = inner.scripts.acquire.invocation();
         invocation
             .key(self.lock_key(id))
             .key(self.fence_key(id))
@@ -506,7 +542,8 @@ impl Store {
             .arg(&inner.fence_retention_ms)
             .arg(idempotency_digest)
             .arg(sealed);
-        let (reply, acked) = self.run_replicated(invocation).await?;
+        self.keep_reply(part, &mut invocation);
+        let (reply, acked) = self.run_replicated(part.index, invocation).await?;
         if let Some(acked) = acked
             && acked < inner.min_replicas_ack
         {
@@ -563,7 +600,7 @@ impl Store {
     ) -> Result<Owned<Lease>, StoreError> {
         let inner = &self.inner;
         let part = self.partition(id);
-        let mut invocation = inner.scripts.refresh.prepare_invoke();
+        let mut invocation = inner.scripts.refresh.invocation();
         invocation
             .key(self.lock_key(id))
             .key(self.fence_key(id))
@@ -578,7 +615,8 @@ impl Store {
             .arg(&inner.history)
             .arg(&inner.fence_retention_ms)
             .arg(agents.to_lua());
-        let (reply, acked) = self.run_replicated(invocation).await?;
+        self.keep_reply(part, &mut invocation);
+        let (reply, acked) = self.run_replicated(part.index, invocation).await?;
         if let Some(acked) = acked
             && acked < inner.min_replicas_ack
         {
@@ -616,7 +654,7 @@ impl Store {
             Releaser::Force => (String::new(), String::new()),
         };
         let part = self.partition(id);
-        let mut invocation = inner.scripts.release.prepare_invoke();
+        let mut invocation = inner.scripts.release.invocation();
         invocation
             .key(self.lock_key(id))
             .key(&part.stream_key)
@@ -628,7 +666,8 @@ impl Store {
             .arg(&part.channel)
             .arg(&inner.history)
             .arg(agents);
-        let reply = Reply::new(self.run(invocation).await?)?;
+        self.keep_reply(part, &mut invocation);
+        let reply = Reply::new(self.run(part.index, invocation).await?)?;
         reply.owned(|_| Ok(()))
     }
 
@@ -637,9 +676,9 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when Redis is unreachable.
     pub async fn status(&self, id: &ResourceId) -> Result<Option<Held>, StoreError> {
-        let mut invocation = self.inner.scripts.status.prepare_invoke();
+        let mut invocation = self.inner.scripts.status.invocation();
         invocation.key(self.lock_key(id));
-        let reply = Reply::new(self.run(invocation).await?)?;
+        let reply = Reply::new(self.run(self.partition(id).index, invocation).await?)?;
         if reply.int(0)? == 0 {
             return Ok(None);
         }
@@ -692,7 +731,7 @@ impl Store {
         part: &Partition,
         batch: usize,
     ) -> Result<(u64, Option<Duration>), StoreError> {
-        let mut invocation = self.inner.scripts.reap.prepare_invoke();
+        let mut invocation = self.inner.scripts.reap.invocation();
         invocation
             .key(&part.expiry_key)
             .key(&part.held_key)
@@ -701,7 +740,7 @@ impl Store {
             .arg(&part.channel)
             .arg(&self.inner.history)
             .arg(batch);
-        let reply = Reply::new(self.run(invocation).await?)?;
+        let reply = Reply::new(self.run(part.index, invocation).await?)?;
         let next = u64::try_from(reply.int(1)?).ok().map(Duration::from_millis);
         Ok((reply.uint(0)?, next))
     }
@@ -768,14 +807,14 @@ impl Store {
         } else {
             [b"(".as_slice(), prefix.as_bytes(), &[0xff]].concat()
         };
-        let mut invocation = self.inner.scripts.list.prepare_invoke();
+        let mut invocation = self.inner.scripts.list.invocation();
         invocation
             .key(&part.held_key)
             .key(&part.leases_key)
             .arg(min)
             .arg(max)
             .arg(limit);
-        let reply = Reply::new(self.run(invocation).await?)?;
+        let reply = Reply::new(self.run(part.index, invocation).await?)?;
         let cursor = reply.string(0)?;
         let mut locks = Vec::new();
         let mut at = 1;
@@ -815,7 +854,7 @@ impl Store {
             .arg("COUNT")
             .arg(count)
             .to_owned();
-        let reply: redis::streams::StreamRangeReply = self.query(command).await?;
+        let reply: redis::streams::StreamRangeReply = self.query(Some(partition), command).await?;
         reply
             .ids
             .into_iter()
@@ -844,7 +883,7 @@ impl Store {
             .arg("COUNT")
             .arg(1)
             .to_owned();
-        let reply: redis::streams::StreamRangeReply = self.query(command).await?;
+        let reply: redis::streams::StreamRangeReply = self.query(Some(partition), command).await?;
         reply
             .ids
             .first()
@@ -861,7 +900,7 @@ impl Store {
             .arg("STREAM")
             .arg(&self.inner.partitions[partition].stream_key)
             .to_owned();
-        let info: Value = match self.query(command).await {
+        let info: Value = match self.query(Some(partition), command).await {
             Ok(info) => info,
             // No stream yet: no event was ever emitted (or Redis lost them all).
             Err(StoreError::Redis(e)) if e.to_string().contains("no such key") => {
@@ -905,7 +944,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when it does not within the command timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.query::<()>(redis::cmd("PING")).await
+        self.query::<()>(None, redis::cmd("PING")).await
     }
 }
 
@@ -947,6 +986,20 @@ pub(crate) fn cluster_nodes(
         .collect()
 }
 
+/// How often a cluster connection tries a request again (after a redirection, or a
+/// connection lost before the reply), and its longest pause in between.
+const CLUSTER_RETRIES: u32 = 3;
+const CLUSTER_MAX_RETRY_WAIT_MS: u64 = 500;
+
+/// How long a change's reply is kept for a call the cluster connection resends: well past
+/// the longest time its retries can take (each waits for a reply up to the command
+/// timeout, then pauses).
+fn reply_ttl(redis: &RedisSettings) -> Duration {
+    let retries = u64::from(CLUSTER_RETRIES) + 1;
+    let window = retries * (redis.command_timeout_ms + CLUSTER_MAX_RETRY_WAIT_MS);
+    Duration::from_millis((2 * window).max(10_000))
+}
+
 /// A client for the cluster behind `redis.nodes`. With `push`, it speaks RESP3 and sends
 /// what it is pushed (Pub/Sub messages, disconnections) there.
 ///
@@ -958,7 +1011,11 @@ pub fn cluster_client(
 ) -> Result<redis::cluster::ClusterClient, StoreError> {
     let mut builder = redis::cluster::ClusterClientBuilder::new(cluster_nodes(redis)?)
         .connection_timeout(Duration::from_millis(redis.connect_timeout_ms))
-        .response_timeout(Duration::from_millis(redis.command_timeout_ms));
+        .response_timeout(Duration::from_millis(redis.command_timeout_ms))
+        // Enough to follow a redirection or two as slots move; each retry of a change
+        // must also fall within the time its reply is kept (`reply_ttl`).
+        .retries(CLUSTER_RETRIES)
+        .max_retry_wait(CLUSTER_MAX_RETRY_WAIT_MS);
     if !redis.tls_ca_file.is_empty() {
         builder = builder.certs(tls_certificates(&redis.tls_ca_file)?);
     }
@@ -1065,3 +1122,6 @@ impl Reply {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

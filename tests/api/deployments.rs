@@ -692,3 +692,70 @@ async fn lockd_reaches_a_cluster_over_tls() {
     assert_problem(ready, 503, "store_unavailable").await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_cluster_node_stops_only_its_own_partitions() {
+    // Without full coverage required, the rest of the cluster serves while a node is out.
+    let cluster = RedisCluster::start_with(3, 0, |_| {
+        vec!["--cluster-require-full-coverage".into(), "no".into()]
+    })
+    .await;
+    let app = TestApp::spawn_with(cluster_settings(&cluster)).await;
+    until_ready(&app).await;
+    let prefix = app.settings.redis.key_prefix.clone();
+    let partitions = app.settings.redis.partition_count();
+    let mut frozen_side = None;
+    let mut healthy = Vec::new();
+    for n in 0..12 {
+        let id = format!("z-{n}");
+        app.acquire_ok(&id, "agent-a", 120_000).await;
+        let partition = lockd::store::partition_of(&id, partitions);
+        match owner_of(&cluster, &format!("{prefix}{{{partition}}}:lock:{id}")).await {
+            1 => frozen_side = Some(id),
+            _ => healthy.push(id),
+        }
+    }
+    let frozen_side = frozen_side.expect("a lock on node 1");
+
+    cluster.nodes[1].pause();
+    let response = app
+        .client
+        .get(app.lock_url(&frozen_side))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 503, "store_unavailable").await;
+    // For three seconds (long past the node timeout, and past the reaper's attempts on
+    // the frozen partitions), every lock elsewhere is served.
+    let started = Instant::now();
+    let mut served = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        for id in &healthy {
+            let status = app.status(id).await;
+            assert_eq!(status["agent_id"], "agent-a", "{id} while node 1 is frozen");
+            served += 1;
+        }
+        let response = app
+            .acquire(&healthy[0], json!({"agent_id": "agent-b", "ttl_ms": 1000}))
+            .await;
+        assert_problem(response, 409, "lock_held").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("{served} status reads served on the healthy nodes while node 1 was frozen");
+    cluster.nodes[1].resume();
+    eventually(
+        Duration::from_secs(20),
+        "node 1's locks to be served again",
+        || async {
+            let response = app
+                .client
+                .get(app.lock_url(&frozen_side))
+                .send()
+                .await
+                .unwrap();
+            response.status() == 200
+        },
+    )
+    .await;
+    until_ready(&app).await;
+}

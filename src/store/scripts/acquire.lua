@@ -6,6 +6,7 @@
 -- KEYS[4]  expiry index (sorted set)
 -- KEYS[5]  held index (sorted set)
 -- KEYS[6]  lease index (hash)
+-- KEYS[7]  cluster mode: where this call's reply is kept (see remember)
 -- ARGV[1]  SHA-256 of the lock token (the raw token never reaches Redis)
 -- ARGV[2]  agent id
 -- ARGV[3]  lease length in ms
@@ -28,6 +29,12 @@
 -- Redis loses its last writes or the counter key, as long as Redis's clock moves on.
 -- A lease is over from its expires_at on; the key's own expiry (set a millisecond early,
 -- since Redis keeps a key through its expiry millisecond) only collects the garbage.
+
+local reply_key = KEYS[7]
+local earlier = recall(reply_key)
+if earlier then
+  return earlier
+end
 
 local now_ms, now_us = clock()
 
@@ -71,4 +78,4 @@ index_put(KEYS[4], KEYS[5], KEYS[6], ARGV[4], fence, now_ms, expires, ARGV[2])
 local id = emit(KEYS[3], ARGV[5], ARGV[6],
   event_body('resource.locked', ARGV[4], ARGV[2], fence, now_ms, 'expires_at', rfc3339(expires)))
 
-return {1, fence, now_ms, expires, id}
+return remember(reply_key, {1, fence, now_ms, expires, id})

@@ -1,6 +1,7 @@
 -- Helpers shared by every lockd script. The store prepends this file to each script
 -- before loading it, so each script stays a single atomic EVALSHA. Before it, the store
--- defines PUBLISH_COMMAND: 'PUBLISH', or 'SPUBLISH' (sharded Pub/Sub) in cluster mode.
+-- defines PUBLISH_COMMAND: 'PUBLISH', or 'SPUBLISH' (sharded Pub/Sub) in cluster mode,
+-- and REPLY_TTL_MS (see remember).
 --
 -- Lua numbers are doubles: integers are exact up to 2^53, but Redis turns a number
 -- argument into text with "%.14g", which mangles 16-digit fencing tokens. Every number
@@ -97,4 +98,49 @@ local function announce_expiry(expiry_key, held_key, leases_key, stream_key, cha
     emit(stream_key, channel, history,
       event_body('resource.unlocked', id, agent, fence, expires, 'reason', 'expired'))
   end
+end
+
+-- A cluster connection resends a call whose reply it lost (the connection to the node
+-- dropped after the call was sent), so a change could be made twice: a forced release
+-- run again could end the lease of whoever took the lock in between. In cluster mode the
+-- store therefore names a fresh key for each call (the key after the script's own), and
+-- the script keeps the reply of its change there for REPLY_TTL_MS: a call run again
+-- returns that reply and changes nothing. Outside cluster mode nothing resends a call
+-- that reached Redis, and no key is given.
+--
+-- A reply is kept as one string: per item, 'i' or 's', the value, and a NUL (the items
+-- are integers below 2^53 and strings without control characters).
+
+local function recall(key)
+  if not key then
+    return nil
+  end
+  local kept = redis.call('GET', key)
+  if not kept then
+    return nil
+  end
+  local reply = {}
+  for kind, value in string.gmatch(kept, '([is])([^%z]*)%z') do
+    if kind == 'i' then
+      table.insert(reply, tonumber(value))
+    else
+      table.insert(reply, value)
+    end
+  end
+  return reply
+end
+
+local function remember(key, reply)
+  if key then
+    local items = {}
+    for _, item in ipairs(reply) do
+      if type(item) == 'number' then
+        table.insert(items, 'i' .. int(item))
+      else
+        table.insert(items, 's' .. item)
+      end
+    end
+    redis.call('SET', key, table.concat(items, '\0') .. '\0', 'PX', REPLY_TTL_MS)
+  end
+  return reply
 end

@@ -6,6 +6,7 @@
 -- KEYS[4]  expiry index (sorted set)
 -- KEYS[5]  held index (sorted set)
 -- KEYS[6]  lease index (hash)
+-- KEYS[7]  cluster mode: where this call's reply is kept (see remember)
 -- ARGV[1]  SHA-256 of the caller's lock token
 -- ARGV[2]  new lease length in ms, or "" for the lease's original length
 -- ARGV[3]  resource id
@@ -21,6 +22,12 @@
 --
 -- A lease that has run out is over, even if its key lingers for its last millisecond:
 -- it is never revived.
+
+local reply_key = KEYS[7]
+local earlier = recall(reply_key)
+if earlier then
+  return earlier
+end
 
 local now_ms = clock()
 
@@ -51,4 +58,4 @@ index_put(KEYS[4], KEYS[5], KEYS[6], ARGV[3], fence, acquired, expires, lock[2])
 local id = emit(KEYS[3], ARGV[4], ARGV[5],
   event_body('resource.refreshed', ARGV[3], lock[2], fence, now_ms, 'expires_at', rfc3339(expires)))
 
-return {1, lock[2], fence, tonumber(ttl), acquired, expires, id}
+return remember(reply_key, {1, lock[2], fence, tonumber(ttl), acquired, expires, id})

@@ -5,6 +5,7 @@
 -- KEYS[3]  expiry index (sorted set)
 -- KEYS[4]  held index (sorted set)
 -- KEYS[5]  lease index (hash)
+-- KEYS[6]  cluster mode: where this call's reply is kept (see remember)
 -- ARGV[1]  SHA-256 of the caller's lock token, or "" to force the release
 -- ARGV[2]  resource id
 -- ARGV[3]  event channel
@@ -18,6 +19,12 @@
 --
 -- A lease that has run out cannot be released (404); the reaper announces its expiry.
 -- The fencing counter stays: the next holder's fence must still be greater.
+
+local reply_key = KEYS[6]
+local earlier = recall(reply_key)
+if earlier then
+  return earlier
+end
 
 local now_ms = clock()
 
@@ -43,4 +50,4 @@ end
 local id = emit(KEYS[2], ARGV[3], ARGV[4],
   event_body('resource.unlocked', ARGV[2], lock[2], tonumber(lock[3]), now_ms, 'reason', reason))
 
-return {1, id}
+return remember(reply_key, {1, id})
