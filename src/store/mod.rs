@@ -19,6 +19,7 @@
 //! | `{prefix}{p}:expiry` | sorted set | held resource ids by lease end: what the reaper announces |
 //! | `{prefix}{p}:held` | sorted set | held resource ids in byte order: what listing pages through |
 //! | `{prefix}{p}:leases` | hash | per held resource: fence, times, agent (for expiry events and listing) |
+//! | `{prefix}{p}:reply:{call}` | string | cluster mode: a change's reply, for a call the cluster connection resends |
 //!
 //! Events are also published: with `PUBLISH` on the channel `{prefix}events`, or in
 //! cluster mode with `SPUBLISH` on the partition's sharded channel `{prefix}{p}:events`
