@@ -231,7 +231,7 @@ async fn subscribe_and_dispatch(
         let message = tokio::select! {
             message = messages.next() => message,
             _ = heartbeat.tick() => {
-                let pong = tokio::time::timeout(config.connect_timeout, sink.ping::<String>()).await;
+                let pong = tokio::time::timeout(config.connect_timeout, sink.ping::<Value>()).await;
                 if !matches!(pong, Ok(Ok(_))) {
                     tracing::warn!("event subscription stopped answering; reconnecting");
                     break;

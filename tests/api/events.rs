@@ -109,3 +109,43 @@ async fn the_stream_is_capped_at_the_configured_history() {
         events.len()
     );
 }
+
+/// The subscription's heartbeat (a PING every 5 s) must find a live connection alive:
+/// the same subscribed client is still there well past two heartbeats.
+#[tokio::test]
+async fn the_subscription_outlives_its_heartbeats() {
+    let redis = RedisServer::start().await;
+    let app = TestApp::spawn(&redis).await;
+    crate::helpers::until_subscribed(&redis, &app).await;
+    let mut conn = redis.connection().await;
+    let subscriber = |list: &str| -> Option<(String, u64)> {
+        let line = list.lines().find(|line| line.contains(" sub=1 "))?;
+        let field = |name: &str| {
+            line.split(' ')
+                .find_map(|part| part.strip_prefix(name))
+                .map(str::to_owned)
+        };
+        Some((field("id=")?, field("age=")?.parse().ok()?))
+    };
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (first, _) = subscriber(&list).expect("lockd's subscription");
+    crate::helpers::eventually(Duration::from_secs(20), "two heartbeats", || {
+        let mut conn = conn.clone();
+        let first = first.clone();
+        async move {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let (id, age) = subscriber(&list).expect("lockd's subscription");
+            assert_eq!(id, first, "the subscription was not replaced");
+            age >= 11
+        }
+    })
+    .await;
+}
