@@ -86,7 +86,7 @@ impl ConnectionLike for SharedConnection {
 pub(super) struct Connections {
     redis: RedisSettings,
     config: AsyncConnectionConfig,
-    slots: Box<[Slot]>,
+    slots: Arc<[Slot]>,
     /// The slot the next request takes.
     next: AtomicUsize,
     /// Tells connections apart, so a failure sets aside only the one that failed.
@@ -186,6 +186,7 @@ impl Connections {
         let now = self.now_ms();
         let shared = match slot.live() {
             Some(shared) if !self.needs_check(&shared, now) => shared,
+            _ if self.redis.mode == RedisMode::Cluster => self.open_in_background(index).await?,
             _ => {
                 let _opening = slot.opening.lock().await;
                 self.checked_or_new(slot).await?
@@ -227,15 +228,39 @@ impl Connections {
         Ok(shared)
     }
 
-    async fn open(&self) -> Result<SharedConnection, StoreError> {
-        let pool_error = |e: deadpool_redis::redis::RedisError| StoreError::Pool(e.to_string());
-        if self.redis.mode == RedisMode::Cluster {
-            return super::cluster_client(&self.redis, None)?
+    /// Opens slot `index`'s cluster connection in a task of its own, which stores it in
+    /// the slot when done even if the request that asked gave up first. Opening reaches
+    /// every node, and waits up to `redis.connect_timeout_ms` for one that is frozen:
+    /// were it bound by each request's deadline instead, a partition first used while a
+    /// node is frozen would never get its connection.
+    async fn open_in_background(&self, index: usize) -> Result<Shared, StoreError> {
+        let slots = Arc::clone(&self.slots);
+        let redis = self.redis.clone();
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        let opening = tokio::spawn(async move {
+            let slot = &slots[index];
+            let _opening = slot.opening.lock().await;
+            if let Some(shared) = slot.live() {
+                return Ok(shared);
+            }
+            let connection = super::cluster_client(&redis, None)?
                 .get_async_connection()
                 .await
-                .map(SharedConnection::Cluster)
-                .map_err(pool_error);
-        }
+                .map_err(|e| StoreError::Pool(e.to_string()))?;
+            let shared = Shared {
+                connection: SharedConnection::Cluster(connection),
+                generation,
+                last_served: Arc::new(AtomicU64::new(now)),
+            };
+            *slot.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(shared.clone());
+            Ok(shared)
+        });
+        opening.await.map_err(|e| StoreError::Pool(e.to_string()))?
+    }
+
+    async fn open(&self) -> Result<SharedConnection, StoreError> {
+        let pool_error = |e: deadpool_redis::redis::RedisError| StoreError::Pool(e.to_string());
         Backend::primary_client(&self.redis)
             .await?
             .get_multiplexed_async_connection_with_config(&self.config)
@@ -280,7 +305,7 @@ impl Connections {
     /// Requests in flight on them finish or fail on their own.
     fn forget_all(&self) {
         self.broken_at.fetch_max(self.now_ms(), Ordering::Relaxed);
-        for slot in &self.slots {
+        for slot in self.slots.iter() {
             *slot.live.lock().unwrap_or_else(PoisonError::into_inner) = None;
         }
     }

@@ -988,17 +988,17 @@ pub(crate) fn cluster_nodes(
 }
 
 /// How often a cluster connection tries a request again (after a redirection, or a
-/// connection lost before the reply), and its longest pause in between.
+/// connection lost before the reply), and its shortest and longest pause in between.
 const CLUSTER_RETRIES: u32 = 3;
-const CLUSTER_MAX_RETRY_WAIT_MS: u64 = 500;
+const CLUSTER_MIN_RETRY_WAIT_MS: u64 = 20;
+const CLUSTER_MAX_RETRY_WAIT_MS: u64 = 200;
 
-/// How long a change's reply is kept for a call the cluster connection resends: well past
-/// the longest time its retries can take (each waits for a reply up to the command
-/// timeout, then pauses).
+/// How long a change's reply is kept for a call the cluster connection resends. The
+/// connection gives a request up after `redis.command_timeout_ms` (the response timeout
+/// covers its retries too), and lockd's own deadline is the same, so a resend comes
+/// within it; the reply is kept well past that.
 fn reply_ttl(redis: &RedisSettings) -> Duration {
-    let retries = u64::from(CLUSTER_RETRIES) + 1;
-    let window = retries * (redis.command_timeout_ms + CLUSTER_MAX_RETRY_WAIT_MS);
-    Duration::from_millis((2 * window).max(10_000))
+    Duration::from_millis((4 * redis.command_timeout_ms).max(10_000))
 }
 
 /// A client for the cluster behind `redis.nodes`. With `push`, it speaks RESP3 and sends
@@ -1013,9 +1013,10 @@ pub fn cluster_client(
     let mut builder = redis::cluster::ClusterClientBuilder::new(cluster_nodes(redis)?)
         .connection_timeout(Duration::from_millis(redis.connect_timeout_ms))
         .response_timeout(Duration::from_millis(redis.command_timeout_ms))
-        // Enough to follow a redirection or two as slots move; each retry of a change
-        // must also fall within the time its reply is kept (`reply_ttl`).
+        // Enough to follow a redirection or two as slots move, with short pauses; all
+        // within the response timeout, after which the request is given up.
         .retries(CLUSTER_RETRIES)
+        .min_retry_wait(CLUSTER_MIN_RETRY_WAIT_MS)
         .max_retry_wait(CLUSTER_MAX_RETRY_WAIT_MS);
     if !redis.tls_ca_file.is_empty() {
         builder = builder.certs(tls_certificates(&redis.tls_ca_file)?);

@@ -107,11 +107,25 @@ async fn a_change_run_again_returns_its_first_reply_and_changes_nothing() {
         .await
         .unwrap();
 
+    // A call answered from its kept reply still writes (it renews the kept reply), so
+    // that a WAIT after it waits for the replicas to reach the change.
+    let () = redis::cmd("PEXPIRE")
+        .arg("t{0}:reply:2")
+        .arg(5_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let again = forced_release(&scripts, "t{0}:reply:2")
         .invoke(&mut conn)
         .await
         .unwrap();
     assert_eq!(again, released, "the first run's reply");
+    let renewed: i64 = redis::cmd("PTTL")
+        .arg("t{0}:reply:2")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(renewed > 5_000, "{renewed}");
     assert_eq!(holder(&mut conn).await.as_deref(), Some("agent-b"));
     let regranted = acquire(&scripts, "agent-a", "digest-a", "t{0}:reply:1")
         .invoke(&mut conn)

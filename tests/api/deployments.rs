@@ -742,6 +742,38 @@ async fn a_frozen_cluster_node_stops_only_its_own_partitions() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("{served} status reads served on the healthy nodes while node 1 was frozen");
+    // An instance that starts while the node is frozen serves the others too, once its
+    // connections have given up on the frozen node: even when that takes as long as a
+    // request may (the defaults are 1 s for both).
+    let mut settings = app.settings.clone();
+    settings.redis.connect_timeout_ms = settings.redis.command_timeout_ms;
+    let late = TestApp::spawn_with(settings).await;
+    let opened = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "a new instance to serve",
+        || async {
+            let response = late
+                .client
+                .get(late.lock_url(&healthy[0]))
+                .send()
+                .await
+                .unwrap();
+            response.status() == 200
+        },
+    )
+    .await;
+    eprintln!(
+        "a new instance served {:?} after it started",
+        opened.elapsed()
+    );
+    for id in &healthy {
+        assert_eq!(
+            late.status(id).await["agent_id"],
+            "agent-a",
+            "{id} from the new instance"
+        );
+    }
     cluster.nodes[1].resume();
     eventually(
         Duration::from_secs(20),

@@ -45,6 +45,8 @@ if held[1] and tonumber(held[2]) > now_ms then
   -- Held under this very token: this request's grant, and the script runs again because
   -- the client library resent it after losing the reply (a cluster connection does).
   if held[8] == ARGV[1] then
+    -- A write that changes nothing, so that a WAIT after this call waits for the grant.
+    redis.call('PEXPIREAT', KEYS[1], int(expires - 1))
     return {1, tonumber(held[4]), tonumber(held[5]), expires, ''}
   end
   -- The idempotency digest covers the agent, so only the same agent's retry matches.

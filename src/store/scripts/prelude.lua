@@ -119,6 +119,10 @@ local function recall(key)
   if not kept then
     return nil
   end
+  -- A write, so that a WAIT after this call (redis.min_replicas_ack) waits for the
+  -- replicas to reach past the change itself, which the first call made on another
+  -- connection.
+  redis.call('PEXPIRE', key, REPLY_TTL_MS)
   local reply = {}
   for kind, value in string.gmatch(kept, '([is])([^%z]*)%z') do
     if kind == 'i' then
