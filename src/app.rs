@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
-use crate::config::{Settings, redact_url};
+use crate::config::{RedisMode, Settings, redact_url};
 use crate::events::subscriber::SubscriberConfig;
 use crate::events::{self, Hub, HubLimits, Waiters};
 use crate::routes::{self, AppState};
@@ -110,10 +110,34 @@ impl Application {
             );
         }
         let router = routes::router(state, settings, authenticator);
+        let redis = &settings.redis;
+        let reached = match redis.mode {
+            RedisMode::Standalone => redact_url(&redis.url),
+            RedisMode::Sentinel => format!(
+                "{} via the Sentinels {}",
+                redis.master_name,
+                redis
+                    .sentinels
+                    .iter()
+                    .map(|url| redact_url(url))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            RedisMode::Cluster => format!(
+                "the cluster of {}",
+                redis
+                    .nodes
+                    .iter()
+                    .map(|url| redact_url(url))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         tracing::info!(
             %local_addr,
-            redis = %redact_url(&settings.redis.url),
-            key_prefix = %settings.redis.key_prefix,
+            redis = %reached,
+            partitions = redis.partition_count(),
+            key_prefix = %redis.key_prefix,
             "lockd ready to serve"
         );
         Ok(Self {

@@ -165,6 +165,10 @@ pub enum ApiError {
     /// 503 `store_unavailable`: Redis did not answer in time or refused.
     #[error("the lock store is unavailable; the outcome of a change is unknown, retry shortly")]
     StoreUnavailable(#[source] crate::store::StoreError),
+    /// 503 `store_unavailable`, with the reason: instances on one key prefix disagree on
+    /// `redis.partitions`, so this one refuses every change until that is fixed.
+    #[error("the lock store is unavailable: {0}")]
+    StoreMisconfigured(String),
     /// 503 `events_unavailable`: the process's event subscription is down (readiness).
     #[error("the event subscription is not established yet; waits and event streams would stall")]
     EventsUnavailable,
@@ -209,7 +213,9 @@ impl ApiError {
             E::EventClientLimit => (StatusCode::SERVICE_UNAVAILABLE, "event_client_limit"),
             E::WaiterLimit => (StatusCode::SERVICE_UNAVAILABLE, "waiter_limit"),
             E::ReplicaAckTimeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "replica_ack_timeout"),
-            E::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            E::StoreUnavailable(_) | E::StoreMisconfigured(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
             E::EventsUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "events_unavailable"),
             E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -244,7 +250,7 @@ impl ApiError {
             E::EventClientLimit => "Too many event streams",
             E::WaiterLimit => "Too many waiting acquires",
             E::ReplicaAckTimeout(_) => "Replicas did not acknowledge",
-            E::StoreUnavailable(_) => "Lock store unavailable",
+            E::StoreUnavailable(_) | E::StoreMisconfigured(_) => "Lock store unavailable",
             E::EventsUnavailable => "Event subscription unavailable",
             E::ShuttingDown => "Shutting down",
             E::Internal(_) => "Internal error",
@@ -320,6 +326,10 @@ impl From<crate::store::StoreError> for ApiError {
             crate::store::StoreError::ReplicasBehind { .. } => {
                 crate::metrics::redis_error(error.kind());
                 Self::ReplicaAckTimeout(error.to_string())
+            }
+            crate::store::StoreError::Layout { .. } => {
+                crate::metrics::redis_error(error.kind());
+                Self::StoreMisconfigured(error.to_string())
             }
             error => Self::StoreUnavailable(error),
         }

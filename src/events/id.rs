@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The id of an event: its entry id in the Redis stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EventId {
     /// Milliseconds part.
     pub ms: u64,
@@ -50,7 +50,8 @@ impl fmt::Display for EventId {
 ///
 /// With one partition it reads as the event id itself (`1764164400123-0`); with several,
 /// as each partition's id in partition order, joined by `.`, with `0` for a partition
-/// whose stream it has not reached (`0.1764164400123-0.1764164400125-3`).
+/// whose stream it has not reached (`0.1764164400123-0.1764164400125-3`). `0-0` (and,
+/// with several partitions, `0`) is the start of the history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor(Box<[EventId]>);
 
@@ -68,6 +69,10 @@ impl Cursor {
     pub fn parse(text: &str, partitions: usize) -> Result<Self, String> {
         if partitions <= 1 {
             return Ok(Self(Box::new([text.parse()?])));
+        }
+        // The start of the history, however many partitions there are.
+        if text == "0" || text == "0-0" {
+            return Ok(Self::start(partitions));
         }
         let ids = text
             .split('.')
@@ -159,6 +164,8 @@ mod tests {
 
     #[test]
     fn cursors_of_another_shape_are_refused() {
+        assert_eq!(Cursor::parse("0", 3).unwrap(), Cursor::start(3));
+        assert_eq!(Cursor::parse("0-0", 3).unwrap(), Cursor::start(3));
         for bad in ["", "5-1", "0.0", "0.0.0.0", "0..0", "0.x.0", "0.5-1.7-0."] {
             assert!(Cursor::parse(bad, 3).is_err(), "{bad:?}");
         }

@@ -98,7 +98,12 @@ impl Dispatcher {
         let Some(mut after) = self.last.as_ref().map(|last| last.get(partition)) else {
             return Ok(());
         };
-        if self.store.event_log_bounds(partition).await?.max_deleted > after {
+        if self
+            .store
+            .event_log_bounds(partition)
+            .await?
+            .lost_after(after)
+        {
             // The capped stream lost events this process never handed out: the clients
             // cannot be made whole from here. Cut them off; they resume with their
             // Last-Event-ID and are told of the gap.

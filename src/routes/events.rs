@@ -304,25 +304,19 @@ pub async fn stream_events(
 
     let mut opening = BytesMut::new();
     opening.extend_from_slice(format!("retry: {}\n\n", state.events.retry_ms).as_bytes());
-    let mut trimmed_before = Cursor::start(partitions);
+    let mut gap_told = false;
     if let Some(requested) = &resume {
         let store = &state.store;
         let bounds = futures_util::future::try_join_all(
             (0..partitions).map(|partition| store.event_log_bounds(partition)),
         )
         .await?;
-        let mut missing = false;
-        for (partition, bounds) in bounds.iter().enumerate() {
-            trimmed_before.set(partition, bounds.max_deleted);
-            // Trimming removes the oldest entries, so nothing is missing after the
-            // requested id when the stream still holds it or its successor. The id right
-            // after it was the newest one trimmed away, or the first one held. Any other
-            // id older than the first one held means events were trimmed or lost with Redis.
-            let wanted = requested.get(partition);
-            missing |=
-                bounds.first.is_none_or(|first| wanted < first) && wanted != bounds.max_deleted;
-        }
+        let missing = bounds
+            .iter()
+            .enumerate()
+            .any(|(partition, bounds)| bounds.lost_after(requested.get(partition)));
         if missing {
+            gap_told = true;
             // With one partition, the oldest event held is where the client can resume
             // from; with several, no one event id says that.
             let oldest_id = match bounds.as_slice() {
@@ -346,7 +340,7 @@ pub async fn stream_events(
         subscription,
         opening: Some(opening.freeze()),
         replaying: resume.is_some().then_some(0),
-        trimmed_before,
+        gap_told: gap_told.then(|| resume.clone()).flatten(),
         last: resume,
         keepalive: Duration::from_millis(state.events.keepalive_ms),
         shutdown: state.shutdown.clone(),
@@ -415,9 +409,9 @@ struct Feed {
     /// Still replaying this partition's stream, after `last`'s position in it; the
     /// partitions after it follow.
     replaying: Option<usize>,
-    /// Per partition, the newest event trimmed away when the replay began (any gap
-    /// before it has been told with `stream.gap`).
-    trimmed_before: Cursor,
+    /// The position resumed from, when a `stream.gap` told the client that events after
+    /// it are gone.
+    gap_told: Option<Cursor>,
     /// Where the client stands: per partition, the newest id sent (live events up to it
     /// were already replayed), or the position it resumed from.
     last: Option<Cursor>,
@@ -452,9 +446,10 @@ impl Feed {
             // The stream is capped: if it was trimmed past `after` while this client
             // replayed, the page began later than `after`'s successor. End the stream; the
             // client resumes from what it got and is told of the gap.
+            let told = |told: &Cursor| told.get(partition) == after;
             match Box::pin(self.store.event_log_bounds(partition)).await {
                 Ok(bounds)
-                    if bounds.max_deleted <= after.max(self.trimmed_before.get(partition)) => {}
+                    if !bounds.lost_after(after) || self.gap_told.as_ref().is_some_and(told) => {}
                 Ok(_) => {
                     tracing::warn!(%after, "history trimmed during a replay; ending the stream");
                     return None;
@@ -538,7 +533,7 @@ mod tests {
                 .unwrap(),
             opening: None,
             replaying: None,
-            trimmed_before: Cursor::start(1),
+            gap_told: None,
             last: None,
             keepalive: Duration::from_secs(1),
             shutdown: CancellationToken::new(),

@@ -47,7 +47,7 @@ pub async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Redis answers", body = Health),
-        (status = 503, description = "Redis does not answer", body = Problem, content_type = "application/problem+json", headers(
+        (status = 503, description = "`store_unavailable` (Redis does not answer, or another instance on this key prefix has a different `redis.partitions`) or `events_unavailable` (the event subscription is down)", body = Problem, content_type = "application/problem+json", headers(
             ("Retry-After" = u64, description = "Seconds to wait before retrying"),
         )),
     ))]

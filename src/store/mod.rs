@@ -68,6 +68,19 @@ pub enum StoreError {
     /// A script returned something it never returns: a bug or a foreign key in our prefix.
     #[error("unexpected reply from Redis: {0}")]
     Protocol(String),
+    /// The keyspace is laid out for another number of partitions than this instance's:
+    /// another instance runs with a different `redis.partitions` on the same prefix, and
+    /// the two would map a resource to different keys (and grant it twice).
+    #[error(
+        "the keyspace under this key prefix is laid out for {stored}, this instance for \
+         {wanted}: every instance on one prefix must have the same redis.partitions"
+    )]
+    Layout {
+        /// What the keyspace records.
+        stored: String,
+        /// What this instance would record.
+        wanted: String,
+    },
 }
 
 impl StoreError {
@@ -80,6 +93,7 @@ impl StoreError {
             Self::Timeout(_) => "timeout",
             Self::ReplicasBehind { .. } => "replicas",
             Self::Protocol(_) => "protocol",
+            Self::Layout { .. } => "layout",
         }
     }
 }
@@ -177,12 +191,38 @@ pub struct StoredEvent {
 }
 
 /// What the stream still holds, for deciding whether a resume has a gap.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct LogBounds {
     /// The oldest event kept, if any.
     pub first: Option<EventId>,
-    /// The newest event ever trimmed away (`0-0` when none was).
+    /// The newest event ever deleted (`XDEL`; `0-0` when none was). Trimming does not
+    /// move it.
     pub max_deleted: EventId,
+    /// Events ever appended to the stream.
+    pub entries_added: u64,
+    /// Events it holds now.
+    pub length: u64,
+}
+
+impl LogBounds {
+    /// Whether events that came after `position` are no longer held: trimmed away, or
+    /// lost with Redis. Trimming removes the oldest entries, so nothing is missing when
+    /// the stream still holds `position` or anything before it, or when `position` is
+    /// the very entry removed last. From the start of the history (`0-0`), something is
+    /// missing when anything was ever removed. Any other position older than the oldest
+    /// entry held had successors that are gone. The one case this reports wrongly: a
+    /// client whose last event was exactly the last one trimmed (Redis does not record
+    /// which that was), told of a gap that holds nothing.
+    #[must_use]
+    pub fn lost_after(&self, position: EventId) -> bool {
+        if self.first.is_some_and(|first| position >= first) {
+            return false;
+        }
+        if position == EventId::ZERO {
+            return self.entries_added > self.length;
+        }
+        position != self.max_deleted
+    }
 }
 
 /// The partition of a resource among `partitions`: FNV-1a (32-bit) of its id, which is
@@ -269,6 +309,14 @@ struct Inner {
     history: String,
     fence_retention_ms: String,
     command_timeout: Duration,
+    /// `{prefix}layout`, and what it must hold: the number of partitions.
+    layout_key: String,
+    layout: String,
+    /// When the layout was last found right (ms since `epoch`; 0: not yet).
+    layout_checked: std::sync::atomic::AtomicU64,
+    /// Whether the layout was ever found right (and not wrong since).
+    layout_found: std::sync::atomic::AtomicBool,
+    epoch: std::time::Instant,
     /// Replicas that must acknowledge a grant, and how long to wait for them.
     min_replicas_ack: u32,
     replica_ack_timeout_ms: u64,
@@ -317,6 +365,11 @@ impl Store {
                 shared: Connections::new(redis),
                 backend,
                 scripts: Scripts::new(publish, reply_ttl(redis)),
+                layout_key: format!("{}layout", redis.key_prefix),
+                layout: format!("partitions={}", redis.partition_count()),
+                layout_checked: std::sync::atomic::AtomicU64::new(0),
+                layout_found: std::sync::atomic::AtomicBool::new(false),
+                epoch: std::time::Instant::now(),
                 partitions,
                 keep_replies: cluster,
                 history: settings.events.history.to_string(),
@@ -358,6 +411,57 @@ impl Store {
         if self.inner.keep_replies {
             let call = uuid::Uuid::new_v4().simple();
             invocation.key(format!("{}reply:{call}", part.key_base));
+        }
+    }
+
+    /// Makes sure the keyspace is laid out for this instance's number of partitions
+    /// before a change: two instances that disagree would keep one resource's lock
+    /// under two keys. The first instance records its layout (`SET NX`); the check is
+    /// repeated every few seconds, so an instance that started first also stops when
+    /// the record changes under it (a Redis that lost it, then a differing instance).
+    async fn check_layout(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        const RECHECK_MS: u64 = 5_000;
+        let inner = &self.inner;
+        let now = u64::try_from(inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let checked = inner.layout_checked.load(Ordering::Relaxed);
+        if checked != 0 && now.saturating_sub(checked) < RECHECK_MS {
+            return Ok(());
+        }
+        let stored: Option<String> = match self
+            .query(
+                None,
+                redis::cmd("SET")
+                    .arg(&inner.layout_key)
+                    .arg(&inner.layout)
+                    .arg("NX")
+                    .arg("GET")
+                    .to_owned(),
+            )
+            .await
+        {
+            Ok(stored) => stored,
+            // The record may live on a cluster node that is down while the partition at
+            // hand is fine: a layout found right before stands until it can be read again.
+            Err(_) if inner.layout_found.load(Ordering::Relaxed) => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        match stored {
+            Some(stored) if stored != inner.layout => {
+                inner.layout_checked.store(0, Ordering::Relaxed);
+                inner.layout_found.store(false, Ordering::Relaxed);
+                tracing::error!(key = %inner.layout_key, %stored, wanted = %inner.layout,
+                    "refusing changes: the keyspace is laid out for another redis.partitions");
+                Err(StoreError::Layout {
+                    stored,
+                    wanted: inner.layout.clone(),
+                })
+            }
+            _ => {
+                inner.layout_checked.store(now, Ordering::Relaxed);
+                inner.layout_found.store(true, Ordering::Relaxed);
+                Ok(())
+            }
         }
     }
 
@@ -521,6 +625,7 @@ impl Store {
         ttl_ms: u64,
         idempotency: Option<&IdempotencyKey>,
     ) -> Result<Acquired, StoreError> {
+        self.check_layout().await?;
         let inner = &self.inner;
         let (idempotency_digest, sealed) = idempotency
             .map(|key| (key.digest(id, agent), key.seal(token, id, agent)))
@@ -599,6 +704,7 @@ impl Store {
         ttl_ms: Option<u64>,
         agents: &AgentPattern,
     ) -> Result<Owned<Lease>, StoreError> {
+        self.check_layout().await?;
         let inner = &self.inner;
         let part = self.partition(id);
         let mut invocation = inner.scripts.refresh.invocation();
@@ -649,6 +755,7 @@ impl Store {
         id: &ResourceId,
         releaser: Releaser<'_>,
     ) -> Result<Owned<()>, StoreError> {
+        self.check_layout().await?;
         let inner = &self.inner;
         let (token_digest, agents) = match releaser {
             Releaser::Holder(token, agents) => (token.digest(), agents.to_lua()),
@@ -696,6 +803,15 @@ impl Store {
     /// once across all instances. Partitions are reaped concurrently; one that cannot be
     /// reached does not hold the others back.
     pub async fn reap(&self, batch: usize) -> Reaped {
+        // Only a layout found wrong stops the reaper: one that cannot be read now (its
+        // node is down) must not keep the other partitions' leases from being announced.
+        if let Err(failure @ StoreError::Layout { .. }) = self.check_layout().await {
+            return Reaped {
+                announced: 0,
+                next: None,
+                failure: Some(failure),
+            };
+        }
         let reaps = self
             .inner
             .partitions
@@ -905,17 +1021,11 @@ impl Store {
             Ok(info) => info,
             // No stream yet: no event was ever emitted (or Redis lost them all).
             Err(StoreError::Redis(e)) if e.to_string().contains("no such key") => {
-                return Ok(LogBounds {
-                    first: None,
-                    max_deleted: EventId::ZERO,
-                });
+                return Ok(LogBounds::default());
             }
             Err(e) => return Err(e),
         };
-        let mut bounds = LogBounds {
-            first: None,
-            max_deleted: EventId::ZERO,
-        };
+        let mut bounds = LogBounds::default();
         let pairs = match info {
             Value::Array(items) => items,
             Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
@@ -929,6 +1039,10 @@ impl Store {
                 (b"max-deleted-entry-id", Value::BulkString(id)) => {
                     bounds.max_deleted = parse_id(id)?;
                 }
+                (b"entries-added", Value::Int(n)) => {
+                    bounds.entries_added = u64::try_from(*n).unwrap_or(0);
+                }
+                (b"length", Value::Int(n)) => bounds.length = u64::try_from(*n).unwrap_or(0),
                 (b"first-entry", Value::Array(entry)) => {
                     if let Some(Value::BulkString(id)) = entry.first() {
                         bounds.first = Some(parse_id(id)?);
@@ -940,12 +1054,14 @@ impl Store {
         Ok(bounds)
     }
 
-    /// Checks that Redis answers, for readiness probes.
+    /// Checks that Redis answers, and that the keyspace is laid out as this instance
+    /// expects, for readiness probes.
     ///
     /// # Errors
-    /// [`StoreError`] when it does not within the command timeout.
+    /// [`StoreError`] when it does not within the command timeout, or the layout differs.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.query::<()>(None, redis::cmd("PING")).await
+        self.query::<()>(None, redis::cmd("PING")).await?;
+        self.check_layout().await
     }
 }
 

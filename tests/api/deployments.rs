@@ -791,3 +791,114 @@ async fn a_frozen_cluster_node_stops_only_its_own_partitions() {
     .await;
     until_ready(&app).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_that_disagree_on_partitions_refuse_to_serve_the_same_keyspace() {
+    let redis = RedisServer::start().await;
+    let first = TestApp::spawn(&redis).await;
+    let grant = first.acquire_ok("shared", "agent-a", 60_000).await;
+    let mut settings = first.settings.clone();
+    settings.redis.partitions = 4;
+    let second = TestApp::spawn_with(settings).await;
+
+    // It would look for "shared" under another partition's keys and grant it again.
+    let response = second
+        .acquire("shared", json!({"agent_id": "agent-b"}))
+        .await;
+    let problem = assert_problem(response, 503, "store_unavailable").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("redis.partitions"),
+        "{problem}"
+    );
+    let ready = second
+        .client
+        .get(format!("{}/readyz", second.base))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(ready, 503, "store_unavailable").await;
+    // The first instance, whose layout the keyspace records, serves on.
+    let token = grant["token"].as_str().unwrap();
+    assert_eq!(first.release("shared", token).await.status(), 204);
+}
+
+/// While a slot moves between nodes, a key that already moved is reached with a
+/// redirection (`ASK`) that the documented user must be allowed to follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_follows_a_slot_on_the_move() {
+    let acl = concat!(env!("CARGO_MANIFEST_DIR"), "/config/redis-users.acl");
+    let cluster = RedisCluster::start_with(3, 0, |_| vec!["--aclfile".into(), acl.into()]).await;
+    let mut settings = cluster_settings(&cluster);
+    settings.redis.nodes = vec![format!(
+        "redis://lockd:change-me@127.0.0.1:{}",
+        cluster.nodes[0].port()
+    )];
+    settings.redis.key_prefix = "lockd:".into();
+    let app = TestApp::spawn_with(settings).await;
+    until_ready(&app).await;
+
+    let partition = lockd::store::partition_of("moving", app.settings.redis.partition_count());
+    let key = format!("lockd:{{{partition}}}:lock:moving");
+    let mut any = cluster.nodes[0].connection().await;
+    let slot: u64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&key)
+        .query_async(&mut any)
+        .await
+        .unwrap();
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for node in &cluster.nodes {
+            let mut conn = node.connection().await;
+            ids.push(
+                redis::cmd("CLUSTER")
+                    .arg("MYID")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap(),
+            );
+        }
+        ids
+    };
+    let owner = {
+        let mut owner = None;
+        for (index, node) in cluster.nodes.iter().enumerate() {
+            // Only the owner answers for the key; the others redirect.
+            let mut conn = node.connection().await;
+            let served = redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<String>>(&mut conn)
+                .await;
+            if served.is_ok() {
+                owner = Some(index);
+            }
+        }
+        owner.expect("a node serves the slot")
+    };
+    let target = (owner + 1) % 3;
+    let set_slot = |index: usize, state: &str, node: usize| {
+        let (cluster, ids) = (&cluster, &ids);
+        let state = state.to_owned();
+        async move {
+            let mut conn = cluster.nodes[index].connection().await;
+            let () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(&state)
+                .arg(&ids[node])
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    set_slot(target, "IMPORTING", owner).await;
+    set_slot(owner, "MIGRATING", target).await;
+
+    // The lock key does not exist on the old owner, so it answers ASK: the status is
+    // read from the new owner.
+    let status = app.status("moving").await;
+    assert_eq!(status["locked"], false);
+}

@@ -611,3 +611,60 @@ async fn waiters_are_woken_by_expiry_events_from_another_instance() {
     let body: Value = response.json().await.unwrap();
     assert!(body["fencing_token"].as_u64() > grant["fencing_token"].as_u64());
 }
+
+#[tokio::test]
+async fn a_resume_from_the_start_of_a_trimmed_history_is_told_of_the_gap() {
+    let redis = RedisServer::start().await;
+    let mut settings = test_settings(&redis);
+    settings.events.history = 1;
+    let app = TestApp::spawn_with(settings).await;
+    for n in 0..250 {
+        app.acquire_ok(&format!("r{n}"), "agent", 60_000).await;
+    }
+    let kept = stream_events(&redis, &app).await;
+    assert!(kept.len() < 250, "the stream was trimmed");
+
+    let mut resumed = EventStream::open(&app, "", Some("0-0")).await;
+    let gap = resumed.next().await;
+    assert_eq!(gap.event, "stream.gap");
+    let data: Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(data["requested_id"], "0-0");
+    assert_eq!(data["oldest_id"], kept[0]["id"]);
+    assert_eq!(resumed.next_json().await["id"], kept[0]["id"]);
+}
+
+/// With several partitions an event id holds `0` for each partition the client has not
+/// reached; a partition trimmed past that while the client was away is a gap too.
+#[tokio::test]
+async fn a_partitioned_resume_is_told_of_a_partition_trimmed_past_it() {
+    let redis = RedisServer::start().await;
+    let mut settings = test_settings(&redis);
+    settings.events.history = 1;
+    settings.redis.partitions = 3;
+    let app = TestApp::spawn_with(settings).await;
+    let partition = |id: &str| lockd::store::partition_of(id, 3);
+    crate::helpers::until_subscribed(&redis, &app).await;
+    let mut live = EventStream::open(&app, "", None).await;
+    app.acquire_ok("first", "agent", 60_000).await;
+    let cursor = live.next().await.id;
+    drop(live);
+    let other = (partition("first") + 1) % 3;
+    let elsewhere: Vec<String> = (0..)
+        .map(|n| format!("r{n}"))
+        .filter(|id| partition(id) == other)
+        .take(250)
+        .collect();
+    for id in &elsewhere {
+        app.acquire_ok(id, "agent", 60_000).await;
+    }
+
+    let mut resumed = EventStream::open(&app, "", Some(&cursor)).await;
+    let gap = resumed.next().await;
+    assert_eq!(gap.event, "stream.gap", "resuming from {cursor}");
+    let data: Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(data["requested_id"], cursor.as_str());
+    assert_eq!(data["oldest_id"], Value::Null);
+    // Then what the trimmed partition still holds.
+    let next = resumed.next_json().await;
+    assert_eq!(partition(next["resource_id"].as_str().unwrap()), other);
+}
