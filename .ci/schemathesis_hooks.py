@@ -18,10 +18,6 @@ schema itself cannot carry:
   a rule between two parameters that OpenAPI cannot state, so the header is optional in
   the document. A valid request without either gets a well-formed token that holds
   nothing (404 `lock_not_found`), as any real client's would.
-- Event ids of several partitions. A `Last-Event-ID` has one position per partition
-  (`redis.partitions`), joined by `.`: a property of the deployment that the document
-  cannot state. The CI lockd has one partition, so a schema-valid id of several parts is
-  cut to its first (`0` becomes `0-0`), which keeps it valid there.
 - An empty list of event types. `types=` is how a form-style query writes an empty list
   (no filter, 200) and also how it writes the list `[""]`, which schemathesis generates
   as invalid. That one is sent as an unknown type instead, which keeps it invalid.
@@ -87,12 +83,6 @@ def before_call(context, case, **kwargs):
             if headers is None:
                 case.headers = headers = {}
             headers["Lock-Token"] = str(uuid.uuid4())
-
-    headers = case.headers if isinstance(case.headers, dict) else None
-    resume = headers.get("Last-Event-ID") if headers else None
-    if isinstance(resume, str) and "." in resume and not _is_negative(case, ParameterLocation.HEADER):
-        first = resume.split(".")[0]
-        headers["Last-Event-ID"] = "0-0" if first == "0" else first
 
     # Already joined with commas by the time it gets here.
     if query.get("types") in ("", [""]) and _is_negative_query(case):

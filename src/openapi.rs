@@ -239,6 +239,50 @@ fn mark_required(header: &mut Header) {
         .insert("required".to_owned(), serde_json::Value::Bool(true));
 }
 
+/// The document a deployment with `partitions` event partitions serves. Its event ids
+/// are cursors when there are several (see [`crate::events::Cursor`]), so the patterns
+/// of `Last-Event-ID` and of event ids say so; with one, it is the committed document.
+///
+/// # Panics
+/// Never in practice: the document is plain data that always serialises.
+#[must_use]
+pub fn document_json_for(partitions: usize) -> String {
+    if partitions <= 1 {
+        return document_json();
+    }
+    const ID: &str = "([0-9]{1,19}-[0-9]{1,19})";
+    let position = format!("({ID}|0)");
+    let cursor = format!("{position}(\\.{position}){{{}}}", partitions - 1);
+    let mut document: serde_json::Value =
+        serde_json::from_str(&document_json()).expect("the OpenAPI document is JSON");
+    let mut set = |pointer: &str, pattern: String| {
+        if let Some(slot) = document.pointer_mut(pointer) {
+            *slot = serde_json::Value::String(pattern);
+        }
+    };
+    set(
+        "/components/schemas/LockEvent/properties/id/pattern",
+        format!("^{cursor}$"),
+    );
+    set(
+        "/components/schemas/EventFrame/properties/id/pattern",
+        format!("^{cursor}$"),
+    );
+    if let Some(parameters) = document
+        .pointer_mut("/paths/~1events/get/parameters")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for parameter in parameters {
+            if parameter["name"] == "Last-Event-ID" {
+                parameter["schema"]["pattern"] = format!("^(|0|0-0|{cursor})$").into();
+            }
+        }
+    }
+    let mut json = serde_json::to_string_pretty(&document).expect("JSON serialises");
+    json.push('\n');
+    json
+}
+
 /// The document as pretty-printed JSON, with a trailing newline (the committed form).
 ///
 /// # Panics

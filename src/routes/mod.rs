@@ -67,7 +67,7 @@ pub fn router(state: AppState, settings: &Settings, authenticator: Authenticator
         acquire: settings.server.request_timeout()
             + Duration::from_millis(settings.locks.max_wait_ms),
     };
-    let openapi_json = crate::openapi::document_json();
+    let openapi_json = crate::openapi::document_json_for(settings.redis.partition_count());
 
     let routes = Router::new()
         .route(

@@ -668,3 +668,65 @@ async fn a_partitioned_resume_is_told_of_a_partition_trimmed_past_it() {
     let next = resumed.next_json().await;
     assert_eq!(partition(next["resource_id"].as_str().unwrap()), other);
 }
+
+/// A partitioned deployment's own OpenAPI document describes its cursor ids, so that a
+/// client generated from it accepts them; the committed document describes one partition.
+#[tokio::test]
+async fn a_partitioned_deployment_serves_the_pattern_of_its_own_event_ids() {
+    let redis = RedisServer::start().await;
+    let mut settings = test_settings(&redis);
+    settings.redis.partitions = 3;
+    let app = TestApp::spawn_with(settings).await;
+    let served: Value = app
+        .client
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let committed: Value = serde_json::from_str(&lockd::openapi::document_json()).unwrap();
+    let id_pattern = |document: &Value| {
+        document["components"]["schemas"]["LockEvent"]["properties"]["id"]["pattern"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let header_pattern = |document: &Value| {
+        document["paths"]["/events"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|parameter| parameter["name"] == "Last-Event-ID")
+            .unwrap()["schema"]["pattern"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(id_pattern(&committed), "^[0-9]{1,19}-[0-9]{1,19}$");
+    assert_eq!(
+        id_pattern(&served),
+        "^(([0-9]{1,19}-[0-9]{1,19})|0)(\\.(([0-9]{1,19}-[0-9]{1,19})|0)){2}$"
+    );
+    assert!(
+        header_pattern(&served).contains("){2})$"),
+        "{}",
+        header_pattern(&served)
+    );
+    // Nothing else differs.
+    let mut normalised = served.clone();
+    normalised["components"]["schemas"]["LockEvent"]["properties"]["id"]["pattern"] =
+        committed["components"]["schemas"]["LockEvent"]["properties"]["id"]["pattern"].clone();
+    normalised["components"]["schemas"]["EventFrame"]["properties"]["id"]["pattern"] =
+        committed["components"]["schemas"]["EventFrame"]["properties"]["id"]["pattern"].clone();
+    for parameter in normalised["paths"]["/events"]["get"]["parameters"]
+        .as_array_mut()
+        .unwrap()
+    {
+        if parameter["name"] == "Last-Event-ID" {
+            parameter["schema"]["pattern"] = header_pattern(&committed).into();
+        }
+    }
+    assert_eq!(normalised, committed);
+}
