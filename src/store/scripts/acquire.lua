@@ -17,8 +17,7 @@
 -- ARGV[8]  digest of the request's Idempotency-Key and agent, or ""
 -- ARGV[9]  the token sealed with the Idempotency-Key (hex), or ""
 --
--- Returns {1, fencing_token, acquired_at_ms, expires_at_ms, event_id} when granted (event_id
---            is "" when the grant was made by an earlier run of the same request),
+-- Returns {1, fencing_token, acquired_at_ms, expires_at_ms, event_id} when granted,
 --         {2, fencing_token, acquired_at_ms, expires_at_ms, sealed_token, ttl_ms} when the
 --            lock is held under the same Idempotency-Key by the same agent (a retry),
 --         {0, holder_agent_id, expires_at_ms, remaining_ms} when the lock is held.
@@ -39,16 +38,9 @@ end
 local now_ms, now_us = clock()
 
 local held = redis.call('HMGET', KEYS[1], 'agent', 'expires', 'idempotency', 'fence', 'acquired',
-  'sealed', 'ttl', 'token')
+  'sealed', 'ttl')
 if held[1] and tonumber(held[2]) > now_ms then
   local expires = tonumber(held[2])
-  -- Held under this very token: this request's grant, and the script runs again because
-  -- the client library resent it after losing the reply (a cluster connection does).
-  if held[8] == ARGV[1] then
-    -- A write that changes nothing, so that a WAIT after this call waits for the grant.
-    redis.call('PEXPIREAT', KEYS[1], int(expires - 1))
-    return {1, tonumber(held[4]), tonumber(held[5]), expires, ''}
-  end
   -- The idempotency digest covers the agent, so only the same agent's retry matches.
   if ARGV[8] ~= '' and held[3] == ARGV[8] then
     return {2, tonumber(held[4]), tonumber(held[5]), expires, held[6], tonumber(held[7])}
