@@ -111,27 +111,20 @@ impl Application {
         }
         let router = routes::router(state, settings, authenticator);
         let redis = &settings.redis;
+        let redacted = |urls: &[String]| {
+            urls.iter()
+                .map(|url| redact_url(url))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let reached = match redis.mode {
             RedisMode::Standalone => redact_url(&redis.url),
             RedisMode::Sentinel => format!(
                 "{} via the Sentinels {}",
                 redis.master_name,
-                redis
-                    .sentinels
-                    .iter()
-                    .map(|url| redact_url(url))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                redacted(&redis.sentinels)
             ),
-            RedisMode::Cluster => format!(
-                "the cluster of {}",
-                redis
-                    .nodes
-                    .iter()
-                    .map(|url| redact_url(url))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            RedisMode::Cluster => format!("the cluster of {}", redacted(&redis.nodes)),
         };
         tracing::info!(
             %local_addr,

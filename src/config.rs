@@ -330,6 +330,27 @@ impl Settings {
             }
             Ok(())
         }
+        /// Every URL in `urls` has one of `schemes`.
+        fn urls_of(
+            key: &'static str,
+            urls: &[String],
+            schemes: &[&str],
+        ) -> Result<(), ConfigError> {
+            match urls
+                .iter()
+                .find(|url| !schemes.iter().any(|scheme| url.starts_with(scheme)))
+            {
+                Some(bad) => Err(invalid(
+                    key,
+                    format!(
+                        "{:?} is not a {} URL",
+                        redact_url(bad),
+                        schemes.join(" or ")
+                    ),
+                )),
+                None => Ok(()),
+            }
+        }
         positive("server.request_timeout_ms", self.server.request_timeout_ms)?;
         positive(
             "server.header_read_timeout_ms",
@@ -384,17 +405,7 @@ impl Settings {
                     "sentinel mode needs at least one Sentinel",
                 ));
             }
-            if let Some(bad) = self
-                .redis
-                .sentinels
-                .iter()
-                .find(|url| !url.starts_with("redis://"))
-            {
-                return Err(invalid(
-                    "redis.sentinels",
-                    format!("{bad:?} is not a redis:// URL"),
-                ));
-            }
+            urls_of("redis.sentinels", &self.redis.sentinels, &["redis://"])?;
             if self.redis.master_name.is_empty() {
                 return Err(invalid(
                     "redis.master_name",
@@ -409,17 +420,7 @@ impl Settings {
                     "cluster mode needs at least one seed node",
                 ));
             }
-            if let Some(bad) = self
-                .redis
-                .nodes
-                .iter()
-                .find(|url| !(url.starts_with("redis://") || url.starts_with("rediss://")))
-            {
-                return Err(invalid(
-                    "redis.nodes",
-                    format!("{:?} is not a redis:// or rediss:// URL", redact_url(bad)),
-                ));
-            }
+            urls_of("redis.nodes", &self.redis.nodes, &["redis://", "rediss://"])?;
         }
         if self.redis.partitions > MAX_PARTITIONS {
             return Err(invalid(
