@@ -115,6 +115,17 @@ impl Slot {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+
+    /// Makes a newly opened connection the slot's, served as of `now`.
+    fn install(&self, connection: SharedConnection, generation: u64, now: u64) -> Shared {
+        let shared = Shared {
+            connection,
+            generation,
+            last_served: Arc::new(AtomicU64::new(now)),
+        };
+        *self.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(shared.clone());
+        shared
+    }
 }
 
 #[derive(Clone)]
@@ -219,13 +230,9 @@ impl Connections {
             // The others most likely died with it (Redis restarted or failed over).
             self.forget_all();
         }
-        let shared = Shared {
-            connection: self.open().await?,
-            generation: self.generation.fetch_add(1, Ordering::Relaxed),
-            last_served: Arc::new(AtomicU64::new(self.now_ms())),
-        };
-        *slot.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(shared.clone());
-        Ok(shared)
+        let connection = self.open().await?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        Ok(slot.install(connection, generation, self.now_ms()))
     }
 
     /// Opens slot `index`'s cluster connection in a task of its own, which stores it in
@@ -248,13 +255,7 @@ impl Connections {
                 .get_async_connection()
                 .await
                 .map_err(|e| StoreError::Pool(e.to_string()))?;
-            let shared = Shared {
-                connection: SharedConnection::Cluster(connection),
-                generation,
-                last_served: Arc::new(AtomicU64::new(now)),
-            };
-            *slot.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(shared.clone());
-            Ok(shared)
+            Ok(slot.install(SharedConnection::Cluster(connection), generation, now))
         });
         opening.await.map_err(|e| StoreError::Pool(e.to_string()))?
     }
