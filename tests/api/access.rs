@@ -576,13 +576,7 @@ async fn the_documented_redis_acl_is_all_lockd_needs() {
     settings.redis.key_prefix = "lockd:".into();
     let app = TestApp::spawn_with(settings).await;
     crate::helpers::until_subscribed(&redis, &app).await;
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    assert_eq!(app.readyz().await.status(), 200);
 
     // Acquire, wait woken by a release, refresh, release, expiry, listing, resume.
     let first = app.acquire_ok("file:a", "agent-a", 60_000).await;
@@ -609,6 +603,24 @@ async fn the_documented_redis_acl_is_all_lockd_needs() {
         .await
         .unwrap();
     assert_eq!(page["locks"], json!([]));
+}
+
+/// `redis-server` arguments for TLS on `port` with the certificates `make_certificates`
+/// left in `dir`, clients not asked for certificates of their own.
+pub fn tls_server_args(dir: &std::path::Path, port: u16) -> Vec<String> {
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    vec![
+        "--tls-port".into(),
+        port.to_string(),
+        "--tls-cert-file".into(),
+        path("server.crt"),
+        "--tls-key-file".into(),
+        path("server.key"),
+        "--tls-ca-cert-file".into(),
+        path("ca.crt"),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ]
 }
 
 /// A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI.
@@ -684,39 +696,18 @@ async fn lockd_reaches_redis_over_tls_and_verifies_its_certificate() {
     std::fs::create_dir_all(&dir).unwrap();
     make_certificates(&dir);
     let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
-    let tls_port = crate::helpers::free_port().to_string();
-    let redis = RedisServer::start_with(&[
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--tls-port",
-        &tls_port,
-        "--tls-cert-file",
-        &path("server.crt"),
-        "--tls-key-file",
-        &path("server.key"),
-        "--tls-ca-cert-file",
-        &path("ca.crt"),
-        "--tls-auth-clients",
-        "no",
-    ])
-    .await;
+    let tls_port = crate::helpers::free_port();
+    let tls = tls_server_args(&dir, tls_port);
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let redis =
+        RedisServer::start_with(&[&["--save", "", "--appendonly", "no"], &tls[..]].concat()).await;
 
     let mut settings = test_settings(&redis);
     settings.redis.url = format!("rediss://127.0.0.1:{tls_port}");
     settings.redis.tls_ca_file = path("ca.crt");
     let app = TestApp::spawn_with(settings.clone()).await;
     crate::helpers::until_subscribed(&redis, &app).await;
-    assert_eq!(
-        app.client
-            .get(format!("{}/readyz", app.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.readyz().await.status(), 200);
     let holder = app.acquire_ok("r", "agent-a", 60_000).await;
     let waiter = app
         .spawn_waiter("r", json!({"agent_id": "agent-b", "wait_ms": 10_000}))
@@ -731,13 +722,7 @@ async fn lockd_reaches_redis_over_tls_and_verifies_its_certificate() {
     // Without the private CA, the certificate is not trusted and nothing is served.
     settings.redis.tls_ca_file = String::new();
     let untrusting = TestApp::spawn_with(settings).await;
-    let ready = untrusting
-        .client
-        .get(format!("{}/readyz", untrusting.base))
-        .send()
-        .await
-        .unwrap();
-    assert_problem(ready, 503, "store_unavailable").await;
+    assert_problem(untrusting.readyz().await, 503, "store_unavailable").await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

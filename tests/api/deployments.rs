@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::helpers::{
     EventStream, RedisServer, TestApp, assert_problem, eventually, test_settings,
 };
-use crate::topologies::{Sentinel, primary_and_replica};
+use crate::topologies::{primary_and_replica, watched_by_sentinels};
 
 /// A Redis Cluster of primaries without replicas, each node killed on drop.
 pub struct RedisCluster {
@@ -161,14 +161,7 @@ fn cluster_settings(cluster: &RedisCluster) -> lockd::Settings {
 
 /// Waits until `app` is ready: Redis answers and its event subscription is live.
 async fn until_ready(app: &TestApp) {
-    eventually(Duration::from_secs(20), "lockd to be ready", || async {
-        app.client
-            .get(format!("{}/readyz", app.base))
-            .send()
-            .await
-            .is_ok_and(|response| response.status() == 200)
-    })
-    .await;
+    app.until_ready(Duration::from_secs(20)).await;
 }
 
 /// Every held lock, paging with `limit`.
@@ -180,14 +173,7 @@ async fn list_all(app: &TestApp, limit: usize) -> Vec<String> {
             Some(cursor) => format!("limit={limit}&cursor={cursor}"),
             None => format!("limit={limit}"),
         };
-        let response = app
-            .client
-            .get(format!("{}/locks?{query}", app.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let page: Value = response.json().await.unwrap();
+        let page = crate::listing::list(app, &query).await;
         let locks = page["locks"].as_array().unwrap();
         assert!(locks.len() <= limit, "a page holds at most limit locks");
         seen.extend(
@@ -349,14 +335,7 @@ async fn the_contract_holds_on_one_redis_with_partitions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_contract_holds_behind_sentinels() {
     let (primary, _replica) = primary_and_replica().await;
-    let mut sentinels = Vec::new();
-    for _ in 0..3 {
-        sentinels.push(Sentinel::start(primary.port()).await);
-    }
-    let mut settings = test_settings(&primary);
-    settings.redis.mode = RedisMode::Sentinel;
-    settings.redis.sentinels = sentinels.iter().map(Sentinel::url).collect();
-    settings.redis.master_name = "lockd-primary".into();
+    let (_sentinels, settings) = watched_by_sentinels(&primary).await;
     let app = TestApp::spawn_with(settings).await;
     the_contract_holds(&app).await;
 }
@@ -656,22 +635,9 @@ async fn lockd_reaches_a_cluster_over_tls() {
     // Each node also keeps a plain port, for redis-cli and the harness; lockd uses TLS
     // only, and the nodes announce their TLS ports to TLS clients.
     let cluster = RedisCluster::start_with(3, 0, |index| {
-        [
-            "--tls-port",
-            &tls_ports[index].to_string(),
-            "--tls-cert-file",
-            &path("server.crt"),
-            "--tls-key-file",
-            &path("server.key"),
-            "--tls-ca-cert-file",
-            &path("ca.crt"),
-            "--tls-auth-clients",
-            "no",
-            "--tls-cluster",
-            "yes",
-        ]
-        .map(str::to_owned)
-        .to_vec()
+        let mut args = crate::access::tls_server_args(&dir, tls_ports[index]);
+        args.extend(["--tls-cluster".into(), "yes".into()]);
+        args
     })
     .await;
     let mut settings = cluster_settings(&cluster);
@@ -683,13 +649,7 @@ async fn lockd_reaches_a_cluster_over_tls() {
     // Without the private CA, no node's certificate is trusted and nothing is served.
     settings.redis.tls_ca_file = String::new();
     let untrusting = TestApp::spawn_with(settings).await;
-    let ready = untrusting
-        .client
-        .get(format!("{}/readyz", untrusting.base))
-        .send()
-        .await
-        .unwrap();
-    assert_problem(ready, 503, "store_unavailable").await;
+    assert_problem(untrusting.readyz().await, 503, "store_unavailable").await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -814,13 +774,7 @@ async fn instances_that_disagree_on_partitions_refuse_to_serve_the_same_keyspace
             .contains("redis.partitions"),
         "{problem}"
     );
-    let ready = second
-        .client
-        .get(format!("{}/readyz", second.base))
-        .send()
-        .await
-        .unwrap();
-    assert_problem(ready, 503, "store_unavailable").await;
+    assert_problem(second.readyz().await, 503, "store_unavailable").await;
     // The first instance, whose layout the keyspace records, serves on.
     let token = grant["token"].as_str().unwrap();
     assert_eq!(first.release("shared", token).await.status(), 204);

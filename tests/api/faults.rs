@@ -27,13 +27,7 @@ async fn redis_killed_gives_503_then_lockd_recovers_by_itself() {
     }
     let status = app.client.get(app.lock_url("before")).send().await.unwrap();
     assert_problem(status, 503, "store_unavailable").await;
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.base))
-        .send()
-        .await
-        .unwrap();
-    assert_problem(ready, 503, "store_unavailable").await;
+    assert_problem(app.readyz().await, 503, "store_unavailable").await;
     let live = app
         .client
         .get(format!("{}/healthz", app.base))
@@ -44,16 +38,7 @@ async fn redis_killed_gives_503_then_lockd_recovers_by_itself() {
 
     redis.restart().await;
 
-    eventually(Duration::from_secs(10), "readiness to return", || async {
-        let response = app
-            .client
-            .get(format!("{}/readyz", app.base))
-            .send()
-            .await
-            .unwrap();
-        response.status() == 200
-    })
-    .await;
+    app.until_ready(Duration::from_secs(10)).await;
     app.acquire_ok("after", "agent-a", 5000).await;
 }
 

@@ -292,6 +292,33 @@ impl TestApp {
         body
     }
 
+    /// `GET {path}` on the app.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("the app answers")
+    }
+
+    /// `GET /readyz`.
+    pub async fn readyz(&self) -> reqwest::Response {
+        self.get("/readyz").await
+    }
+
+    /// Waits up to `limit` until the app is ready: Redis answers and its event
+    /// subscription is live.
+    pub async fn until_ready(&self, limit: Duration) {
+        eventually(limit, "lockd to be ready", || async {
+            self.client
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
+                .is_ok_and(|response| response.status() == 200)
+        })
+        .await;
+    }
+
     /// Waits until lock requests are answered again (after a Redis fault).
     pub async fn until_serving(&self) {
         eventually(Duration::from_secs(10), "lockd to serve again", || async {
@@ -398,14 +425,7 @@ pub async fn until_subscribed(redis: &RedisServer, app: &TestApp) {
         },
     )
     .await;
-    eventually(Duration::from_secs(10), "lockd to be ready", || async {
-        app.client
-            .get(format!("{}/readyz", app.base))
-            .send()
-            .await
-            .is_ok_and(|response| response.status() == 200)
-    })
-    .await;
+    app.until_ready(Duration::from_secs(10)).await;
 }
 
 /// An open `GET /events` stream, read as a real SSE client reads it.

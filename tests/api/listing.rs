@@ -6,7 +6,8 @@ use serde_json::Value;
 
 use crate::helpers::{RedisServer, TestApp, assert_problem, eventually};
 
-async fn list(app: &TestApp, query: &str) -> Value {
+/// `GET /locks?{query}`, asserting 200; returns the page.
+pub async fn list(app: &TestApp, query: &str) -> Value {
     let response = app
         .client
         .get(format!("{}/locks?{query}", app.base))

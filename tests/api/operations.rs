@@ -30,12 +30,7 @@ async fn healthz_and_readyz_answer_when_redis_is_up() {
     assert_eq!(live, json!({"status": "ok"}));
     // Ready once the event subscription is up, which follows startup by a moment.
     crate::helpers::until_subscribed(&redis, &app).await;
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.base))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.readyz().await;
     assert_eq!(ready.status(), 200);
     assert_eq!(
         ready.json::<Value>().await.unwrap(),

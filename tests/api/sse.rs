@@ -677,15 +677,7 @@ async fn a_partitioned_deployment_serves_the_pattern_of_its_own_event_ids() {
     let mut settings = test_settings(&redis);
     settings.redis.partitions = 3;
     let app = TestApp::spawn_with(settings).await;
-    let served: Value = app
-        .client
-        .get(format!("{}/openapi.json", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let served: Value = app.get("/openapi.json").await.json().await.unwrap();
     let committed: Value = serde_json::from_str(&lockd::openapi::document_json()).unwrap();
     let id_pattern = |document: &Value| {
         document["components"]["schemas"]["LockEvent"]["properties"]["id"]["pattern"]

@@ -110,17 +110,24 @@ pub async fn primary_and_replica() -> (RedisServer, RedisServer) {
     (primary, replica)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lockd_follows_a_sentinel_failover_without_a_restart() {
-    let (mut primary, replica) = primary_and_replica().await;
+/// Three Sentinels watching `primary`, and settings for an app that finds it through
+/// them.
+pub async fn watched_by_sentinels(primary: &RedisServer) -> (Vec<Sentinel>, lockd::Settings) {
     let mut sentinels = Vec::new();
     for _ in 0..3 {
         sentinels.push(Sentinel::start(primary.port()).await);
     }
-    let mut settings = test_settings(&primary);
+    let mut settings = test_settings(primary);
     settings.redis.mode = RedisMode::Sentinel;
     settings.redis.sentinels = sentinels.iter().map(Sentinel::url).collect();
     settings.redis.master_name = "lockd-primary".into();
+    (sentinels, settings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockd_follows_a_sentinel_failover_without_a_restart() {
+    let (mut primary, replica) = primary_and_replica().await;
+    let (sentinels, settings) = watched_by_sentinels(&primary).await;
     let app = TestApp::spawn_with(settings).await;
     crate::helpers::until_subscribed(&primary, &app).await;
     let before = app.acquire_ok("fenced", "agent-a", 60_000).await;
